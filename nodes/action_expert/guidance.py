@@ -1,0 +1,201 @@
+"""Waypoint guidance for the action expert: sparse waypoints → dense B-spline path → a pose relative to the ee.
+
+Why relative: the expert acts in pd_ee_delta_pose (translation deltas along the base axes, rotation
+deltas about base-aligned axes at the ee), so a guidance expressed as "where to go from here" maps
+almost directly onto the action; the earlier prototype, conditioned on absolute goal positions,
+grasped but failed to carry the cube.
+
+The same `GuidanceTracker` labels the demos at training time (replayed over the recorded ee poses)
+and serves inference (fed the live ee pose, waypoints converted from the camera frame), so the
+guidance the policy sees at run time is computed exactly as during training.
+
+Guidance vector (GUIDANCE_DIM = 10), all in the robot base axes, metres / radians:
+    [0:3] look-ahead point on the dense path − ee position
+    [3:6] current target waypoint − ee position
+    [6:9] rotation vector of R_target · R_eeᵀ
+    [9]   target waypoint gripper command (+1 open, −1 close)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.interpolate import make_interp_spline
+from scipy.spatial.transform import Rotation
+
+from nodes.action_expert.config import GUIDANCE_DIM
+
+_DUPLICATE_EPS_M = 1e-4  # consecutive path points closer than this are merged (the spline needs distinct knots)
+
+
+def rotation_from_wxyz(quat_wxyz: np.ndarray) -> Rotation:
+    """scipy wants xyzw; our data is wxyz."""
+    quat_wxyz = np.asarray(quat_wxyz, dtype=np.float64)
+    return Rotation.from_quat(quat_wxyz[..., [1, 2, 3, 0]])
+
+
+def waypoints_camera_to_base(waypoints_camera: np.ndarray, T_base_camera: np.ndarray) -> np.ndarray:
+    """(K, 8) xyz + quat wxyz + gripper in the camera frame → the same in the robot base frame."""
+    waypoints_camera = np.asarray(waypoints_camera, dtype=np.float64)
+    T = np.asarray(T_base_camera, dtype=np.float64)
+    xyz_base = waypoints_camera[:, :3] @ T[:3, :3].T + T[:3, 3]  # (K, 3)
+    rot_base = Rotation.from_matrix(T[:3, :3]) * rotation_from_wxyz(waypoints_camera[:, 3:7])
+    quat_xyzw = rot_base.as_quat()  # (K, 4)
+    quat_wxyz = quat_xyzw[:, [3, 0, 1, 2]]
+    return np.concatenate([xyz_base, quat_wxyz, waypoints_camera[:, 7:8]], axis=1)
+
+
+class DensePath:
+    """An interpolating B-spline through the start position and the waypoint positions, resampled by arc length."""
+
+    def __init__(self, waypoint_xyz: np.ndarray, start_xyz: np.ndarray, resolution_m: float) -> None:
+        points = np.concatenate([np.asarray(start_xyz, np.float64)[None], np.asarray(waypoint_xyz, np.float64)])
+        # merge coincident consecutive points, remembering which distinct knot each waypoint lands on
+        knots = [points[0]]
+        knot_of_point = [0]
+        for p in points[1:]:
+            if np.linalg.norm(p - knots[-1]) > _DUPLICATE_EPS_M:
+                knots.append(p)
+            knot_of_point.append(len(knots) - 1)
+        knots_arr = np.stack(knots)  # (U, 3)
+
+        if len(knots_arr) == 1:
+            self.xyz = knots_arr.copy()  # (1, 3)
+            self.arc = np.zeros(1)
+            self.waypoint_arc = np.zeros(len(waypoint_xyz))
+            return
+
+        chord = np.linalg.norm(np.diff(knots_arr, axis=0), axis=1)
+        u = np.concatenate([[0.0], np.cumsum(chord)])  # chord-length parameterisation, (U,)
+        spline = make_interp_spline(u, knots_arr, k=min(3, len(knots_arr) - 1))
+        n_fine = max(8, int(np.ceil(u[-1] / resolution_m)) * 8)
+        u_fine = np.linspace(0.0, u[-1], n_fine)
+        xyz_fine = spline(u_fine)  # (F, 3)
+        arc_fine = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xyz_fine, axis=0), axis=1))])
+
+        n_dense = max(2, int(np.ceil(arc_fine[-1] / resolution_m)) + 1)
+        self.arc = np.linspace(0.0, arc_fine[-1], n_dense)  # (M,)
+        self.xyz = np.stack([np.interp(self.arc, arc_fine, xyz_fine[:, d]) for d in range(3)], axis=1)  # (M, 3)
+        knot_arc = np.interp(u, u_fine, arc_fine)  # (U,)
+        self.waypoint_arc = knot_arc[np.asarray(knot_of_point[1:])]  # (K,)
+
+    def point_at(self, arc: float) -> np.ndarray:
+        """Position at arc length `arc` (clipped to the path)."""
+        if len(self.arc) == 1:
+            return self.xyz[0].copy()
+        return np.array([np.interp(arc, self.arc, self.xyz[:, d]) for d in range(3)])
+
+    def lookahead_point(self, ee_xyz: np.ndarray, target_index: int, lookahead_m: float) -> np.ndarray:
+        """Project the ee onto the segment that ends at waypoint `target_index`, step `lookahead_m` along it.
+
+        Restricting the projection to the current segment keeps it unambiguous where the path doubles
+        back (pre-grasp → grasp → lift), and clipping at the target waypoint makes the guidance stop
+        there, where the gripper must act.
+        """
+        seg_start = self.waypoint_arc[target_index - 1] if target_index > 0 else 0.0
+        seg_end = self.waypoint_arc[target_index]
+        in_segment = (self.arc >= seg_start - 1e-9) & (self.arc <= seg_end + 1e-9)
+        if not in_segment.any():
+            return self.point_at(seg_end)
+        candidates = np.flatnonzero(in_segment)
+        nearest = candidates[np.argmin(np.linalg.norm(self.xyz[candidates] - ee_xyz, axis=1))]
+        return self.point_at(min(self.arc[nearest] + lookahead_m, seg_end))
+
+
+def guidance_features(ee_pose: np.ndarray, lookahead_xyz: np.ndarray, target_waypoint: np.ndarray) -> np.ndarray:
+    """The (GUIDANCE_DIM,) vector for one step: look-ahead point and target waypoint relative to the ee pose."""
+    ee_pose = np.asarray(ee_pose, dtype=np.float64)
+    target_waypoint = np.asarray(target_waypoint, dtype=np.float64)
+    rel_rot = rotation_from_wxyz(target_waypoint[3:7]) * rotation_from_wxyz(ee_pose[3:7]).inv()
+    out = np.empty(GUIDANCE_DIM, dtype=np.float32)
+    out[0:3] = np.asarray(lookahead_xyz) - ee_pose[:3]
+    out[3:6] = target_waypoint[:3] - ee_pose[:3]
+    out[6:9] = rel_rot.as_rotvec()
+    out[9] = target_waypoint[7]
+    return out
+
+
+class GuidanceTracker:
+    """Follows one plan: which waypoint is next, and the guidance vector for the current ee pose.
+
+    Progress only moves forward: a waypoint is reached once the ee comes within `reach_tolerance_m`
+    of it, and the last waypoint stays the target for the rest of the episode.
+    """
+
+    def __init__(
+        self,
+        waypoints_base: np.ndarray,
+        start_pose: np.ndarray,
+        *,
+        lookahead_m: float,
+        reach_tolerance_m: float,
+        resolution_m: float,
+    ) -> None:
+        self.lookahead_m = lookahead_m
+        self.reach_tolerance_m = reach_tolerance_m
+        self.resolution_m = resolution_m
+        self._set_plan(waypoints_base, start_pose)
+        self.target_index = 0
+
+    def _set_plan(self, waypoints_base: np.ndarray, start_pose: np.ndarray) -> None:
+        waypoints_base = np.asarray(waypoints_base, dtype=np.float64)
+        if waypoints_base.ndim != 2 or waypoints_base.shape[1] != 8 or len(waypoints_base) == 0:
+            raise ValueError(f"waypoints must have shape (K>=1, 8), got {waypoints_base.shape}")
+        self.waypoints = waypoints_base  # (K, 8)
+        self.start_pose = np.asarray(start_pose, dtype=np.float64)
+        self.path = DensePath(waypoints_base[:, :3], self.start_pose[:3], self.resolution_m)
+
+    def replace_waypoints(self, waypoints_base: np.ndarray, start_pose: np.ndarray) -> None:
+        """A re-sent plan with as many waypoints keeps the progress (and the path's start); another restarts.
+
+        Planners re-send (and refine) the same plan every frame; restarting it would send the arm back
+        to the first waypoint.
+        """
+        if np.shape(waypoints_base) == self.waypoints.shape:
+            self._set_plan(waypoints_base, self.start_pose)
+        else:
+            self._set_plan(waypoints_base, start_pose)
+            self.target_index = 0
+
+    def update(self, ee_pose: np.ndarray) -> np.ndarray:
+        """Advance past reached waypoints, then return the (GUIDANCE_DIM,) guidance for `ee_pose`."""
+        ee_xyz = np.asarray(ee_pose, dtype=np.float64)[:3]
+        last = len(self.waypoints) - 1
+        while (
+            self.target_index < last
+            and np.linalg.norm(self.waypoints[self.target_index, :3] - ee_xyz) < self.reach_tolerance_m
+        ):
+            self.target_index += 1
+        look = self.path.lookahead_point(ee_xyz, self.target_index, self.lookahead_m)
+        return guidance_features(ee_pose, look, self.waypoints[self.target_index])
+
+
+def episode_guidance(
+    ee_pose: np.ndarray,
+    waypoints_base: np.ndarray,
+    *,
+    lookahead_m: float,
+    reach_tolerance_m: float,
+    resolution_m: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training labels: replay a tracker over a demo's (T, 7) ee poses → (T, GUIDANCE_DIM) guidance, (T,) target index."""
+    tracker = GuidanceTracker(
+        waypoints_base,
+        ee_pose[0],
+        lookahead_m=lookahead_m,
+        reach_tolerance_m=reach_tolerance_m,
+        resolution_m=resolution_m,
+    )
+    guidance = np.empty((len(ee_pose), GUIDANCE_DIM), dtype=np.float32)
+    target = np.empty(len(ee_pose), dtype=np.int64)
+    for t, pose in enumerate(ee_pose):
+        guidance[t] = tracker.update(pose)
+        target[t] = tracker.target_index
+    return guidance, target
+
+
+def perturb_guidance(guidance_normalized: torch.Tensor, noise_scale: float) -> torch.Tensor:
+    """Training-time Gaussian noise on the normalized guidance (paper: scale 0.1), so the expert
+    tolerates imprecise waypoints from a VLM planner at run time."""
+    if noise_scale <= 0:
+        return guidance_normalized
+    return guidance_normalized + noise_scale * torch.randn_like(guidance_normalized)
