@@ -250,6 +250,8 @@ def _transport(raw: Any, file: str) -> TransportSpec:
         raise GraphError(file, None, "transport", str(exc)) from None
     if spec.protocol not in ("ipc", "tcp"):
         raise GraphError(file, None, "transport.protocol", f"unknown protocol {spec.protocol!r} (ipc or tcp)")
+    if spec.machines and not spec.base_port:
+        raise GraphError(file, None, "transport.base_port", "machines need fixed ports: set base_port (node i listens on base_port + i)")
     if spec.curve and not spec.keys_dir:
         raise GraphError(file, None, "transport.keys_dir", "curve: true needs keys_dir (make one with `groundloop keys DIR`)")
     return spec

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,14 @@ from pipeline.runtime import NodeRunner
 from streaming.codec import CodecError, decode, encode
 from streaming.security import load_keys, start_authenticator
 from streaming.shm import ShmReader, ShmWriter
-from streaming.transport import EdgeConfig, InputEdge, Publisher, Subscriber
+from streaming.transport import LATEST_WINDOW, EdgeConfig, InputEdge, Publisher, Subscriber
 
 log = logging.getLogger("groundloop.worker")
 
 HEARTBEAT_PERIOD_S = 0.5
 METRICS_PERIOD_S = 1.0
 PR_SET_PDEATHSIG = 1
+MAX_SEGMENTS_PER_PORT = 32
 PHASE_STARTING, PHASE_RUNNING, PHASE_DONE = "starting", "running", "done"
 
 
@@ -67,6 +69,8 @@ class Worker:
         outputs = list(self.spec.cls.outputs)
         self.progress = ProgressFile(Path(plan["run_dir"]) / f"{node_id}.progress", [e.id for e in self.in_edges], outputs)
         processed, next_seq = self.progress.load()
+        self.committed, self.committed_out_seq = dict(processed), dict(next_seq)
+        self.uncommitted: deque[tuple[str, int, dict[str, int]]] = deque()  # (edge, seq, out seqs after it)
 
         self.runner = NodeRunner(self.spec, self.in_edges, self._send)
         self.runner.processed_seq = {e.target_port: processed[e.id] for e in self.in_edges}
@@ -74,10 +78,11 @@ class Worker:
 
         keys = load_keys(plan["keys_dir"]) if plan.get("keys_dir") else None
         self.authenticator = start_authenticator(self.context, keys) if keys and self.out_edges else None
-        self.writers = {port: ShmWriter(f"{plan['shm_prefix']}-{node_id}-{port}") for port in outputs} if plan["use_shm"] else {}
+        self.writers = {port: ShmWriter(f"{plan['shm_prefix']}-{node_id}-{port}", max_segments=self._segments_needed(port))
+                        for port in outputs} if plan["use_shm"] else {}
         self.publisher = None
         if self.out_edges:
-            configs = [EdgeConfig(e.id, e.source_port, e.target, e.policy != "latest", e.size if e.policy != "latest" else 2,
+            configs = [EdgeConfig(e.id, e.source_port, e.target, e.policy != "latest", e.size if e.policy != "latest" else LATEST_WINDOW,
                                   self.graph.reader_index(e)) for e in self.out_edges]
             self.publisher = Publisher(self.context, plan["endpoints"][node_id]["bind"], configs, self._release,
                                        keys.server_secret if keys else None)
@@ -92,17 +97,22 @@ class Worker:
                 self.subscriber.mark_ended(producer)
         self.reader_index = {e.id: self.graph.reader_index(e) for e in self.in_edges}
 
+    def _segments_needed(self, port: str) -> int:
+        """Enough segments for every message a port's consumers may hold at once, plus slack."""
+        windows = [e.size if e.policy != "latest" else LATEST_WINDOW + 1 for e in self.out_edges if e.source_port == port]
+        return min(max(windows, default=0) + 4, MAX_SEGMENTS_PER_PORT)
+
     # ---- messages -----------------------------------------------------------------------------
 
-    def _release(self, segment: str, reader: int) -> None:
+    def _release(self, segment: str, reader: int, generation: int) -> None:
         for writer in self.writers.values():
-            writer.release(segment, reader)
+            writer.release(segment, reader, generation)
 
     def _send(self, port: str, message: Message) -> None:
         if self.publisher is None:
             return
         readers = self.publisher.readers(port)
-        used: list[tuple[str, int]] = []
+        used: list[tuple[str, int, int]] = []
         writer = self.writers.get(port)
         placer = (lambda array: writer.place(array, readers, used)) if writer is not None else None
         frames = encode(message.to_payload(), placer)
@@ -203,15 +213,35 @@ class Worker:
             handled = self.runner.step()
             if handled is not None:
                 port, seq = handled
-                self.subscriber.ack(self.port_to_edge[port], processed=seq)
-                self.progress.save({e: self.runner.processed_seq[p] for p, e in self.port_to_edge.items()}, self.runner.out_seq)
+                self.uncommitted.append((self.port_to_edge[port], seq, dict(self.runner.out_seq)))
+            self._commit()
             self.runner.check_timeouts()
+
+    def _commit(self) -> None:
+        """Acknowledge inputs upstream only once the outputs they caused are processed downstream.
+
+        Until then the upstream producer keeps them: if this node dies, its next life gets them again,
+        emits the same outputs under the same seqs, and consumers drop the ones they already have.
+        """
+        changed = set()
+        while self.uncommitted:
+            edge_id, seq, out_seq = self.uncommitted[0]
+            if self.publisher is not None and any(
+                    (done := self.publisher.processed_upto(port)) is not None and done < next_seq - 1
+                    for port, next_seq in out_seq.items()):
+                break
+            self.uncommitted.popleft()
+            self.committed[edge_id], self.committed_out_seq = seq, out_seq
+            changed.add(edge_id)
+        if changed:
+            self.progress.save(self.committed, self.committed_out_seq)
+            for edge_id in changed:
+                self.subscriber.ack(edge_id, processed=self.committed[edge_id])
 
     def _drain(self) -> None:
         """Send EOS and wait until every lossless consumer has everything; a finished source also
         waits for its own lossless inputs to end (acknowledging and discarding them) so that
         upstream producers can finish too."""
-        self.progress.save({e: self.runner.processed_seq[p] for p, e in self.port_to_edge.items()}, self.runner.out_seq)
         if self.publisher is not None:
             self.publisher.finish({port: seq - 1 for port, seq in self.runner.out_seq.items()})
         lossless_inputs = [e.id for e in self.in_edges if e.policy != "latest"]
@@ -220,6 +250,7 @@ class Worker:
             self.loop_at = time.monotonic()
             if self.publisher is not None:
                 self.publisher.pump(20)
+            self._commit()
             if self.subscriber is not None:
                 for socket in self.subscriber.sockets.values():
                     for edge_id, seq, _ in self.subscriber.receive(socket):

@@ -55,10 +55,14 @@ def dtype_to_wire(dtype: np.dtype) -> str | list:
 
 
 def _tuples(descr: Any) -> Any:
-    """msgpack turns the descr's tuples into lists; numpy wants them back."""
+    """msgpack turns the descr's tuples into lists; numpy wants (name | (title, name), format[, shape])."""
     if not isinstance(descr, list):
         return descr
-    return [tuple(_tuples(part) for part in entry) if isinstance(entry, list) else entry for entry in descr]
+    entries = []
+    for name, fmt, *shape in descr:
+        entry = (tuple(name) if isinstance(name, list) else name, _tuples(fmt))
+        entries.append(entry + (tuple(shape[0]),) if shape else entry)
+    return entries
 
 
 def dtype_from_wire(descr: str | list) -> np.dtype:

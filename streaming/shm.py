@@ -2,9 +2,11 @@
 
 A writer owns a small pool of segments under /dev/shm. Placing an array copies it once into a free
 segment and returns a descriptor; only the descriptor crosses the socket. A segment starts with one
-flag byte per reader: the writer raises the flags of the readers a message goes to, and each reader
-lowers its own flag when the last numpy view of that message is garbage-collected (so a node that
-keeps an array keeps its segment). A segment whose flags are all down is free for reuse. Segments are
+flag byte per reader: the writer sets the flags of the readers a message goes to to the segment's
+generation (1..255, new for every message), and each reader clears its own flag — only if it still
+holds that generation — when the last numpy view of the message is garbage-collected (so a node that
+keeps an array keeps its segment). A segment whose flags are all clear is free for reuse; the
+generation check makes a late release of an older message harmless. Segments are
 reused, not created per message, because page-faulting fresh memory costs ~23 ms per 40 MB here.
 
 When every segment is busy the writer returns None and the caller sends the array inline: a slow
@@ -34,6 +36,7 @@ class _Segment:
     name: str
     capacity: int
     map: mmap.mmap
+    generation: int = 0
 
     def flags(self) -> memoryview:
         return memoryview(self.map)[:MAX_READERS]
@@ -65,7 +68,7 @@ class ShmWriter:
         self.placed = 0
         self.fallbacks = 0  # arrays sent inline because every segment was busy
 
-    def place(self, array: np.ndarray, readers: list[int], used: list[tuple[str, int]] | None = None) -> list | None:
+    def place(self, array: np.ndarray, readers: list[int], used: list[tuple[str, int, int]] | None = None) -> list | None:
         """Copy `array` into a free segment for `readers`; its descriptor, or None to send inline."""
         nbytes = array.nbytes
         if nbytes < self.min_bytes or not readers:
@@ -76,25 +79,21 @@ class ShmWriter:
             return None
         destination = np.frombuffer(segment.map, np.uint8, count=nbytes, offset=HEADER_BYTES)
         np.copyto(destination.view(array.dtype).reshape(array.shape), array, casting="no")
+        segment.generation = segment.generation % 255 + 1
         flags = segment.flags()
         for reader in readers:
-            flags[reader] = 1
+            flags[reader] = segment.generation
         if used is not None:
-            used.extend((segment.name, reader) for reader in readers)
+            used.extend((segment.name, reader, segment.generation) for reader in readers)
         self.placed += 1
-        return [segment.name, nbytes]
+        return [segment.name, nbytes, segment.generation]
 
-    def release(self, name: str, reader: int) -> None:
-        """Lower `reader`'s flag on segment `name` (a message that will never reach that reader)."""
+    def release(self, name: str, reader: int, generation: int) -> None:
+        """Clear `reader`'s flag for one message that will never reach that reader."""
         for segment in self._segments:
             if segment.name == name:
-                segment.flags()[reader] = 0
+                _clear_flag(segment.map, reader, generation)
                 return
-
-    def release_reader(self, reader: int) -> None:
-        """A reader restarted: whatever its previous life held is no longer held."""
-        for segment in self._segments:
-            segment.flags()[reader] = 0
 
     def _free_segment(self, nbytes: int) -> _Segment | None:
         free = [s for s in self._segments if s.is_free()]
@@ -138,13 +137,13 @@ class ShmReader:
         self._max_cached = max_cached
 
     def view(self, descriptor: list, dtype: np.dtype, shape: tuple[int, ...], reader: int) -> np.ndarray:
-        name, nbytes = descriptor
+        name, nbytes, generation = descriptor
         segment = self._map(name)
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if expected != nbytes or HEADER_BYTES + nbytes > len(segment):
             raise ValueError(f"shared-memory segment {name}: descriptor says {nbytes} bytes, {shape} of {dtype} needs {expected}")
         exporter = (ctypes.c_char * max(nbytes, 1)).from_buffer(segment, HEADER_BYTES)
-        weakref.finalize(exporter, _lower_flag, segment, reader)
+        weakref.finalize(exporter, _clear_flag, segment, reader, generation)
         array = np.frombuffer(exporter, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
         array.flags.writeable = False
         return array
@@ -164,8 +163,8 @@ class ShmReader:
         return segment
 
 
-def _lower_flag(segment: mmap.mmap, reader: int) -> None:
-    if not segment.closed:
+def _clear_flag(segment: mmap.mmap, reader: int, generation: int) -> None:
+    if not segment.closed and segment[reader] == generation:
         segment[reader] = 0
 
 

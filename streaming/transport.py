@@ -51,7 +51,7 @@ class EdgeConfig:
 class _Outgoing:
     seq: int
     frames: list
-    shm: list[tuple[str, int]]  # (segment, reader) flags this message holds
+    shm: list[tuple[str, int, int]]  # (segment, reader, generation) flags this message holds
 
 
 @dataclass
@@ -67,8 +67,8 @@ class _EdgeState:
     eos_acked: bool = False
 
 
-#: releases a shared-memory flag held by a message that will not be delivered: (segment, reader)
-Releaser = Callable[[str, int], None]
+#: clears a shared-memory flag of a message that will not be delivered: (segment, reader, generation)
+Releaser = Callable[[str, int, int], None]
 
 
 class Publisher:
@@ -90,19 +90,19 @@ class Publisher:
         self.by_port: dict[str, list[_EdgeState]] = {}
         for state in self.edges.values():
             self.by_port.setdefault(state.config.port, []).append(state)
-        self._release = release or (lambda segment, reader: None)
+        self._release = release or (lambda segment, reader, generation: None)
         self.finished = False
 
     def readers(self, port: str) -> list[int]:
         return [s.config.reader_index for s in self.by_port.get(port, [])]
 
-    def publish(self, port: str, seq: int, frames: list, shm: list[tuple[str, int]] | None = None,
+    def publish(self, port: str, seq: int, frames: list, shm: list[tuple[str, int, int]] | None = None,
                 should_stop: Callable[[], bool] = lambda: False) -> None:
         """Queue a message on every edge of `port` and send what flow control allows; blocks while
         a lossless edge is full (backpressure)."""
         for state in self.by_port.get(port, []):
             reader = state.config.reader_index
-            own = [(s, r) for s, r in (shm or []) if r == reader]
+            own = [entry for entry in (shm or []) if entry[1] == reader]
             if not state.config.lossless:
                 while state.outbox:  # superseded before it could be sent
                     self._forget(state.outbox.popleft())
@@ -159,7 +159,7 @@ class Publisher:
         # everything sent but not processed goes again, in order, ahead of what was never sent
         resend = [m for m in state.unacked if m.seq > processed] if state.config.lossless else []
         for message in state.unacked:
-            if message not in resend:
+            if not (state.config.lossless and message.seq > processed):
                 self._forget(message)
         state.unacked.clear()
         state.outbox.extendleft(reversed(resend))
@@ -171,7 +171,7 @@ class Publisher:
         state.processed_upto = max(state.processed_upto, processed)
         done_upto = state.processed_upto if state.config.lossless else state.received_upto
         while state.unacked and state.unacked[0].seq <= done_upto:
-            self._forget(state.unacked.popleft())
+            state.unacked.popleft()  # the reader clears its own flag when it lets go of the arrays
 
     def _send_allowed(self, state: _EdgeState) -> None:
         if state.incarnation is None:
@@ -200,8 +200,9 @@ class Publisher:
                 raise
 
     def _forget(self, message: _Outgoing) -> None:
-        for segment, reader in message.shm:
-            self._release(segment, reader)
+        """`message` will never reach its reader: give back the shared memory it holds for it."""
+        for segment, reader, generation in message.shm:
+            self._release(segment, reader, generation)
 
     def finish(self, last_seq: dict[str, int]) -> None:
         """No more messages: each consumer gets EOS once it has everything."""
@@ -212,6 +213,11 @@ class Publisher:
     def drained(self, lossless_only: bool = True) -> bool:
         """Every consumer has acknowledged the end (EOS on `latest` edges is best effort)."""
         return all(s.eos_acked for s in self.edges.values() if s.config.lossless or not lossless_only)
+
+    def processed_upto(self, port: str) -> int | None:
+        """The last seq of `port` that every lossless consumer has processed; None if none is lossless."""
+        marks = [s.processed_upto for s in self.by_port.get(port, []) if s.config.lossless]
+        return min(marks) if marks else None
 
     def drops(self) -> dict[str, int]:
         return {edge_id: s.drops for edge_id, s in self.edges.items()}

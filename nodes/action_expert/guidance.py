@@ -93,12 +93,16 @@ class DensePath:
         """
         seg_start = self.waypoint_arc[target_index - 1] if target_index > 0 else 0.0
         seg_end = self.waypoint_arc[target_index]
-        in_segment = (self.arc >= seg_start - 1e-9) & (self.arc <= seg_end + 1e-9)
-        if not in_segment.any():
+        candidates = np.flatnonzero((self.arc >= seg_start - 1e-9) & (self.arc <= seg_end + 1e-9))
+        if len(candidates) < 2:
             return self.point_at(seg_end)
-        candidates = np.flatnonzero(in_segment)
-        nearest = candidates[np.argmin(np.linalg.norm(self.xyz[candidates] - ee_xyz, axis=1))]
-        return self.point_at(min(self.arc[nearest] + lookahead_m, seg_end))
+        a, b = self.xyz[candidates[:-1]], self.xyz[candidates[1:]]  # (S, 3) consecutive dense samples
+        ab = b - a
+        t = np.clip(np.einsum("sd,sd->s", ee_xyz - a, ab) / np.maximum(np.einsum("sd,sd->s", ab, ab), 1e-12), 0.0, 1.0)
+        nearest = np.argmin(np.linalg.norm(a + t[:, None] * ab - ee_xyz, axis=1))
+        arc_a, arc_b = self.arc[candidates[nearest]], self.arc[candidates[nearest + 1]]
+        arc_proj = arc_a + t[nearest] * (arc_b - arc_a)
+        return self.point_at(min(arc_proj + lookahead_m, seg_end))
 
 
 def guidance_features(ee_pose: np.ndarray, lookahead_xyz: np.ndarray, target_waypoint: np.ndarray) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""The zmq executor end to end: real processes, sockets and shared memory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import yaml
+
+from pipeline.graph import build_graph
+from pipeline.inproc import InprocExecutor
+from pipeline.zmq_executor import ZmqExecutor
+from streaming.security import generate_keys
+from streaming.shm import segments_with_prefix
+
+pytestmark = pytest.mark.slow
+TOY = "tests.pipeline.toy_nodes"
+
+
+def chain(out, count=50, payload_bytes=0, period_s=0.0, scale=None, sink=None, value_edge=None, transport=None):
+    raw = {"name": "chain", "nodes": [
+        {"id": "counter", "uses": f"{TOY}.Counter", "params": {"count": count, "payload_bytes": payload_bytes, "period_s": period_s}},
+        {"id": "double", "uses": f"{TOY}.Scale", "params": scale or {}, "inputs": {"value": "counter/value"}},
+        {"id": "sink", "uses": f"{TOY}.Sink", "params": {"out": str(out), **(sink or {})},
+         "inputs": {"value": value_edge or "double/scaled", "blob": "counter/blob"}},
+    ]}
+    if transport:
+        raw["transport"] = transport
+    return raw
+
+
+def read_sink(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["value"] for r in rows if "value" in r], [r for r in rows if "blob_first" in r]
+
+
+def by_node(metrics):
+    return {m["node"]: m for m in metrics}
+
+
+def run_zmq(raw, **kwargs):
+    executor = ZmqExecutor(build_graph(raw, "test.yaml"), **kwargs)
+    metrics = executor.run(max_seconds=90)
+    assert segments_with_prefix(executor.shm_prefix) == []  # nothing leaked in /dev/shm
+    assert not executor.run_dir.exists()
+    return by_node(metrics)
+
+
+def test_same_outputs_on_inproc_and_zmq_with_large_payloads(tmp_path):
+    results = {}
+    for name in ("inproc", "zmq"):
+        out = tmp_path / f"{name}.jsonl"
+        raw = chain(out, count=40, payload_bytes=2_000_000)
+        if name == "inproc":
+            InprocExecutor(build_graph(raw, "test.yaml")).run()
+        else:
+            metrics = run_zmq(raw)
+            assert metrics["counter"]["shm_fallbacks"] == 0
+        results[name] = read_sink(out)
+    assert results["inproc"] == results["zmq"]
+    values, blobs = results["zmq"]
+    assert values == [2 * i for i in range(40)]
+    assert [b["blob_first"] for b in blobs] == [i % 251 for i in range(40)]  # every 2 MB array intact
+
+
+def test_latest_drops_under_a_slow_consumer(tmp_path):
+    out = tmp_path / "sink.jsonl"
+    raw = chain(out, count=150, period_s=0.002, sink={"delay_s": 0.03},
+                value_edge={"from": "double/scaled", "policy": "latest"})
+    metrics = run_zmq(raw)
+    values, _ = read_sink(out)
+    dropped = sum(metrics["sink"]["drops"].values()) + sum(metrics["double"].get("sent_drops", {}).values())
+    assert len(values) < 150 and dropped > 0
+    assert values == sorted(values) and values[-1] == 2 * 149  # what arrives is ever newer, ending with the newest
+
+
+def test_queue_loses_nothing_under_a_slow_consumer_and_bounds_its_depth(tmp_path):
+    out = tmp_path / "sink.jsonl"
+    raw = chain(out, count=80, sink={"delay_s": 0.01}, value_edge={"from": "double/scaled", "policy": "queue", "size": 4})
+    metrics = run_zmq(raw)
+    values, _ = read_sink(out)
+    assert values == [2 * i for i in range(80)]  # count in == count out, in order
+    assert metrics["sink"]["max_queue_depth"]["value"] <= 4
+    assert metrics["double"]["emitted"]["scaled"] == 80
+
+
+def _kill_when_running(node_id: str, after_s: float, killed: list) -> None:
+    deadline = time.monotonic() + 30
+    time.sleep(after_s)
+    while time.monotonic() < deadline and not killed:
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if "pipeline.zmq_worker" in cmdline and node_id in cmdline:
+                os.kill(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
+                return
+        time.sleep(0.05)
+
+
+def test_kill_9_of_a_node_mid_stream_restarts_it_and_nothing_is_lost_or_doubled(tmp_path):
+    out = tmp_path / "sink.jsonl"
+    raw = chain(out, count=300, period_s=0.005, payload_bytes=200_000)
+    killed: list = []
+    killer = threading.Thread(target=_kill_when_running, args=("double", 0.8, killed))
+    killer.start()
+    metrics = run_zmq(raw)
+    killer.join()
+    assert killed, "the test did not manage to kill the node"
+    values, blobs = read_sink(out)
+    assert values == [2 * i for i in range(300)]  # at-least-once + de-duplication = exactly once
+    assert len(blobs) == 300
+    assert metrics["double"]["restarts"] == 1
+
+
+def test_a_crash_inside_a_handler_is_restarted_with_backoff(tmp_path):
+    out = tmp_path / "sink.jsonl"
+    raw = chain(out, count=30, scale={"crash_at": 10, "marker": str(tmp_path / "crashed")})
+    metrics = run_zmq(raw)
+    values, _ = read_sink(out)
+    assert values == [2 * i for i in range(30)]
+    assert metrics["double"]["restarts"] == 1
+
+
+def test_sigterm_stops_every_process_and_leaks_nothing(tmp_path):
+    graph_path = tmp_path / "long.yaml"
+    graph_path.write_text(yaml.safe_dump(chain(tmp_path / "sink.jsonl", count=100000, period_s=0.01, payload_bytes=500_000)))
+    before = set(segments_with_prefix("gl-"))
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cli = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(graph_path), "--executor", "zmq"], env=env)
+    time.sleep(4)
+    children = psutil.Process(cli.pid).children(recursive=True)
+    assert len(children) >= 3
+    cli.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=30) == 0
+    time.sleep(0.2)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not [name for name in set(segments_with_prefix("gl-")) - before if "-counter-blob-" in name]
+
+
+def test_tcp_with_curve_keys_between_two_machines(tmp_path):
+    keys = generate_keys(tmp_path / "keys")
+    out = tmp_path / "sink.jsonl"
+    raw = chain(out, count=30, payload_bytes=100_000, transport={
+        "machines": {"robot": "127.0.0.1", "server": "127.0.0.1"}, "base_port": 25700 + os.getpid() % 500 * 4,
+        "curve": True, "keys_dir": str(keys)})
+    for node, machine in zip(raw["nodes"], ("robot", "server", "server")):
+        node["machine"] = machine
+    graph = build_graph(raw, "test.yaml")
+    results = {}
+    threads = [threading.Thread(target=lambda m=m: results.__setitem__(m, ZmqExecutor(graph, machine=m).run(max_seconds=60)))
+               for m in ("robot", "server")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    values, blobs = read_sink(out)
+    assert values == [2 * i for i in range(30)] and len(blobs) == 30
