@@ -235,6 +235,11 @@ def _edges(node_id: str, inputs: dict, nodes: dict[str, NodeSpec], file: str) ->
         timeout = options.get("timeout")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise GraphError(file, node_id, f"{where}.timeout", "must be a positive number of seconds")
+        required = spec.cls.input_timeouts.get(port)
+        if required is not None:
+            if timeout is not None and timeout > required:
+                raise GraphError(file, node_id, f"{where}.timeout", f"{spec.cls.__name__} needs at most {required} s here (a safety watchdog)")
+            timeout = required if timeout is None else timeout
         edges.append(Edge(source, source_port, node_id, port, policy, size, timeout))
     return edges
 

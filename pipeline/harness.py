@@ -44,7 +44,7 @@ class NodeHarness:
         edges = [
             Edge("harness", port, node_id, port, (policies or {}).get(port, POLICY_QUEUE),
                  DEFAULT_QUEUE_SIZE if (policies or {}).get(port, POLICY_QUEUE) == POLICY_QUEUE else 1,
-                 (timeouts_s or {}).get(port))
+                 (timeouts_s or {}).get(port, node_cls.input_timeouts.get(port)))
             for port in node_cls.inputs
         ]
         self.runner = NodeRunner(spec, edges, self._collect, clock=lambda: self.now)

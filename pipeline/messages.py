@@ -157,10 +157,12 @@ class Waypoints(Message):
 
 @dataclass(kw_only=True)
 class ActionChunk(Message):
-    """T actions of D values; `stamps_ns[t]` is when action t is meant to run."""
+    """T actions of D values; action t is meant for robot step `start_step + t` (at `stamps_ns[t]`)."""
 
     actions: np.ndarray  # (T, D) float32
     stamps_ns: np.ndarray  # (T,) int64
+    start_step: int = 0
+    episode: int = 0
     control_mode: str = ""
 
 
@@ -183,6 +185,16 @@ class Command(Message):
 
     action: np.ndarray  # (D,) float32
     hold: bool = False
+    reason: str = ""
+    episode: int = 0
+    step: int = -1  # the robot step it answers
+
+
+@dataclass(kw_only=True)
+class EStop(Message):
+    """Emergency stop: while engaged the controller holds, whatever else arrives."""
+
+    engaged: bool = True
     reason: str = ""
 
 

@@ -47,6 +47,9 @@ class Node:
     inputs: ClassVar[dict[str, type[Message]]] = {}
     outputs: ClassVar[dict[str, type[Message]]] = {}
     Params: ClassVar[type[BaseModel]] = NoParams
+    #: input timeouts a node relies on (e.g. a watchdog): applied when the graph sets none, and a
+    #: graph may only shorten them
+    input_timeouts: ClassVar[dict[str, float]] = {}
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, *, node_id: str = ""):
         self.node_id = node_id or type(self).__name__
