@@ -52,6 +52,9 @@ class Controller(Node):
     def on_state(self, msg: RobotState) -> None:
         if msg.episode != self.episode:
             self.episode, self.planned, self.gripper = msg.episode, {}, GRIPPER_OPEN
+        if msg.done:  # the episode is over: nothing to command
+            self.waiting = None
+            return
         self.waiting = msg
         self.planned = {step: a for step, a in self.planned.items() if step >= msg.step}
         self._try_command()

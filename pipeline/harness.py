@@ -88,7 +88,7 @@ class NodeHarness:
         first = len(self.outputs)
         for _ in range(n):
             self._advance(self.now + dt_s)
-            if not self.runner.tick():
+            if self.runner.tick() is False:
                 break
         return self.outputs[first:]
 

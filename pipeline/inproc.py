@@ -16,6 +16,7 @@ from pipeline.messages import Message
 from pipeline.runtime import NodeRunner
 
 log = logging.getLogger("groundloop.inproc")
+IDLE_WAIT_S = 0.001
 
 #: observes every emitted message: (node id, port, message)
 Tap = Callable[[str, str, Message], None]
@@ -88,10 +89,13 @@ class InprocExecutor:
             timeouts = [t for r in self.runners.values() if (t := r.next_timeout()) is not None]
             time.sleep(max(0.0, min(waits + timeouts)))
             return True
+        produced = False
         for node_id in due:
             rate = self.graph.nodes[node_id].rate_hz
             self._next_tick[node_id] = (max(self._next_tick[node_id], now - 1.0) + 1.0 / rate) if rate else now
-            self.runners[node_id].tick()
+            produced |= bool(self.runners[node_id].tick())
+        if not produced and not self._ready:
+            time.sleep(IDLE_WAIT_S)  # every source idle and nothing queued: let timeouts come due
         return True
 
     def metrics(self) -> list[dict]:

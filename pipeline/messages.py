@@ -102,8 +102,12 @@ class Frame(Message):
     intrinsics: np.ndarray | None = None  # (3, 3)
     depth: np.ndarray | None = None  # (H, W) float32 metres
     segmentation: np.ndarray | None = None  # (H, W) int32
+    segment_names: dict[int, str] = field(default_factory=dict)  # segmentation id -> actor/link name
+    T_base_frame: np.ndarray | None = None  # (4, 4) camera -> robot base, for a robot's camera
     index: int = -1  # frame index in its video, -1 for a live camera
     pts_s: float = 0.0  # presentation time in its video, seconds
+    episode: int = 0
+    step: int = -1  # the robot step it was captured at
 
 
 @dataclass(kw_only=True)
@@ -142,6 +146,8 @@ class PointCloud(Message):
     rgb: np.ndarray | None = None  # (N, 3) uint8
     is_target: np.ndarray | None = None  # (N,) bool
     T_base_frame: np.ndarray | None = None  # (4, 4)
+    episode: int = 0
+    step: int = -1
 
 
 @dataclass(kw_only=True)
@@ -153,6 +159,7 @@ class Waypoints(Message):
     T_base_frame: np.ndarray | None = None  # (4, 4)
     valid: bool = True
     reason: str = ""  # why not valid, e.g. "target not visible"
+    episode: int = 0
 
 
 @dataclass(kw_only=True)
@@ -173,10 +180,12 @@ class RobotState(Message):
     qpos: np.ndarray  # (J,) float32
     qvel: np.ndarray  # (J,) float32
     ee_pose: np.ndarray  # (7,) xyz + quaternion wxyz, base frame
-    gripper: float = 0.0
+    gripper: float = 0.0  # opening in [0, 1]
     episode: int = 0
     step: int = 0
     success: bool = False
+    done: bool = False  # the last state of its episode
+    goal_pos: np.ndarray | None = None  # (3,) task goal in the base frame, when the task has one
 
 
 @dataclass(kw_only=True)

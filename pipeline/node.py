@@ -63,8 +63,9 @@ class Node:
     def setup(self) -> None:
         """Load models, open devices. May take long: the supervisor knows a node is starting."""
 
-    def tick(self) -> bool:
-        """Sources only: produce output; return False when finished."""
+    def tick(self) -> bool | None:
+        """Sources only: produce output. Return True after producing, None when there was nothing to
+        do (the executor then waits for input a little before ticking again), False when finished."""
         raise TypeError(f"{type(self).__name__} is not a source (it does not override tick)")
 
     def on_timeout(self, port: str) -> None:

@@ -117,20 +117,21 @@ class NodeRunner:
         self.processed_seq[item.port] = item.message.seq
         return item.port, item.message.seq
 
-    def tick(self) -> bool:
-        """One tick of a source; False once it is finished."""
+    def tick(self) -> bool | None:
+        """One tick of a source: True if it produced, None if idle, False once it is finished."""
         if self.finished:
             return False
         started = time.perf_counter()
         try:
-            more = self.node.tick()
+            result = self.node.tick()
         except Exception:
             self.metrics.handler_errors += 1
             log.exception("node %s: tick() failed; the source stops", self.spec.id)
-            more = False
-        self.metrics.record_tick(time.perf_counter() - started)
-        self.finished = more is False
-        return not self.finished
+            result = False
+        if result is not None:
+            self.metrics.record_tick(time.perf_counter() - started)
+        self.finished = result is False
+        return result
 
     def check_timeouts(self) -> None:
         now = self.clock()

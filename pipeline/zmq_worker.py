@@ -37,6 +37,7 @@ HEARTBEAT_PERIOD_S = 0.5
 METRICS_PERIOD_S = 1.0
 PR_SET_PDEATHSIG = 1
 MAX_SEGMENTS_PER_PORT = 32
+IDLE_TICK_S = 0.01  # an idle source (tick returned None) is ticked again after this, or on input
 PHASE_STARTING, PHASE_RUNNING, PHASE_DONE = "starting", "running", "done"
 
 
@@ -187,8 +188,8 @@ class Worker:
         while not self.stop_requested:
             now = self.loop_at = time.monotonic()
             if is_source and not self.runner.finished and now >= next_tick:
-                self.runner.tick()
-                next_tick = max(next_tick + period, now - 1.0) if period else now
+                produced = self.runner.tick()
+                next_tick = max(next_tick + period, now - 1.0) if period else now + (IDLE_TICK_S if produced is None else 0.0)
             if now >= next_metrics:
                 self.report("metrics", metrics=self.metrics())
                 next_metrics = now + METRICS_PERIOD_S

@@ -1,0 +1,94 @@
+"""The action expert as a node: (point cloud, robot state, waypoints) of one robot step in → an action
+chunk for the steps from there on out.
+
+The cloud and the state of a step may arrive in either order; the expert acts once it has both (and
+waypoints, if it is a guided expert), once per step. Waypoints marked invalid by the planner mean no
+motion: the expert sends nothing and the controller's watchdog holds the robot. Inputs with NaN/inf
+are refused by name and counted, never turned into motion.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from nodes.action_expert.policy_runtime import ActionExpertRuntime, load_policy
+from pipeline.messages import ActionChunk, PointCloud, RobotState, Waypoints
+from pipeline.node import Node
+
+CONTROL_PERIOD_NS = 50_000_000  # ManiSkill's control rate: 20 Hz
+
+
+class ActionExpertParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = Field(description="a checkpoint written by `groundloop train action-expert`")
+    device: str = "auto"
+    seed: int = 0
+    control_mode: str = "pd_ee_delta_pose"
+
+
+class ActionExpert(Node):
+    Params = ActionExpertParams
+    inputs = {"cloud": PointCloud, "state": RobotState, "waypoints": Waypoints}
+    outputs = {"actions": ActionChunk}
+
+    def setup(self) -> None:
+        self.runtime: ActionExpertRuntime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
+        self.guided = self.runtime.config.use_guidance
+        self.episode = 0
+        self.state: RobotState | None = None
+        self.cloud: PointCloud | None = None
+        self.have_waypoints = False
+        self.plan_valid = True
+        self.acted_step = -1
+
+    def _new_episode(self, episode: int) -> None:
+        if episode != self.episode:
+            self.episode, self.state, self.cloud = episode, None, None
+            self.have_waypoints, self.plan_valid, self.acted_step = False, True, -1
+            self.runtime.reset()
+
+    def on_state(self, msg: RobotState) -> None:
+        self._new_episode(msg.episode)
+        self.state = msg
+        self._maybe_act()
+
+    def on_cloud(self, msg: PointCloud) -> None:
+        self._new_episode(msg.episode)
+        self.cloud = msg
+        self._maybe_act()
+
+    def on_waypoints(self, msg: Waypoints) -> None:
+        self._new_episode(msg.episode)
+        if not msg.valid:
+            self.plan_valid = False
+            self.count("invalid_plans")
+            self.log.warning("planner sent no valid waypoints (%s): holding", msg.reason)
+            return
+        try:
+            self.runtime.set_waypoints(msg.poses, msg.T_base_frame)
+        except ValueError as exc:
+            self.plan_valid = False
+            self.count("rejected_plans")
+            self.log.error("refused waypoints from %s: %s", msg.stream, exc)
+            return
+        self.plan_valid, self.have_waypoints = True, True
+        self._maybe_act()
+
+    def _maybe_act(self) -> None:
+        state, cloud = self.state, self.cloud
+        if state is None or cloud is None or state.step != cloud.step or state.step == self.acted_step or state.done:
+            return
+        if self.guided and not (self.have_waypoints and self.plan_valid):
+            return
+        try:
+            actions = self.runtime.act(ee_pose=state.ee_pose, gripper=state.gripper, cloud_xyz=cloud.xyz,
+                                       T_base_camera=cloud.T_base_frame)
+        except ValueError as exc:
+            self.count("rejected_observations")
+            self.log.error("step %d: refused the observation: %s", state.step, exc)
+            return
+        self.acted_step = state.step
+        stamps = state.stamp_ns + CONTROL_PERIOD_NS * np.arange(len(actions), dtype=np.int64)
+        self.emit("actions", ActionChunk(actions=actions, stamps_ns=stamps, start_step=state.step, episode=state.episode,
+                                         control_mode=self.params.control_mode, frame_id="base",
+                                         stamp_ns=state.stamp_ns))  # the capture time of what it answers
