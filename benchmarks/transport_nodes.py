@@ -16,11 +16,18 @@ from pipeline.messages import Blob
 from pipeline.node import Node
 
 
+def payload(shape: tuple[int, ...] | list[int]) -> np.ndarray:
+    """A uint8 array of `shape` with every page written (fresh zero pages would flatter copies)."""
+    return np.resize(np.arange(256, dtype=np.uint8), int(np.prod(shape))).reshape(shape)
+
+
 class SourceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     shapes: list[list[int]]  # one uint8 array shape per phase
     counts: list[int]  # messages per phase
     gaps_s: list[float]  # pause between messages; 0 sends as fast as flow control allows
+    settle_s: float = 0.0  # pause before the first message, so the consumer is surely connected
+    loan: bool = False  # fill a loaned shared-memory array in place (as a camera driver would) instead of copying
 
 
 class BenchSource(Node):
@@ -32,20 +39,23 @@ class BenchSource(Node):
 
     def setup(self) -> None:
         self.phase, self.sent = 0, 0
-        self.next_at = time.monotonic()
-        self.arrays = [np.arange(int(np.prod(shape)), dtype=np.uint64).astype(np.uint8).reshape(shape)
-                       for shape in self.params.shapes]  # built once and never mutated: ready frames
+        self.next_at = time.monotonic() + self.params.settle_s
+        self.arrays = [payload(shape) for shape in self.params.shapes]  # built once, never mutated: ready frames
 
     def tick(self) -> bool:
         if self.sent == self.params.counts[self.phase]:
             self.phase, self.sent = self.phase + 1, 0
         if self.phase == len(self.params.counts):
             return False
-        gap = self.params.gaps_s[self.phase]
-        if gap:
-            time.sleep(max(0.0, self.next_at - time.monotonic()))
-            self.next_at = time.monotonic() + gap
-        self.emit("blob", Blob(data=self.arrays[self.phase], stamp_ns=time.monotonic_ns()))
+        if (wait := self.next_at - time.monotonic()) > 0:
+            time.sleep(wait)
+        self.next_at = time.monotonic() + self.params.gaps_s[self.phase]
+        data = self.arrays[self.phase]
+        if self.params.loan:  # producing the data into the loan is the driver's work, before the stamp
+            loaned = self.loan("blob", data.shape, data.dtype)
+            loaned[...] = data
+            data = loaned
+        self.emit("blob", Blob(data=data, stamp_ns=time.monotonic_ns()))
         self.sent += 1
         return True
 

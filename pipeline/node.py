@@ -22,6 +22,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.messages import Message
@@ -39,6 +40,7 @@ class ParamsError(ValueError):
 
 
 Emitter = Callable[[str, Message], None]
+Loaner = Callable[[str, tuple[int, ...], np.dtype], "np.ndarray | None"]
 
 
 class Node:
@@ -56,6 +58,7 @@ class Node:
         self.params = self.validate_params(params or {}, where=self.node_id)
         self.log = logging.getLogger(f"groundloop.node.{self.node_id}")
         self._emitter: Emitter | None = None
+        self._loaner: Loaner | None = None
         self.counters: dict[str, int] = defaultdict(int)  # reported with the node's metrics
 
     # ---- declared by subclasses -----------------------------------------------------------------
@@ -91,10 +94,19 @@ class Node:
         """Add to a named counter in this node's metrics (e.g. clamps, holds)."""
         self.counters[name] += n
 
+    def loan(self, port: str, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """An array to fill and then send on `port` without a copy (on one host it lives in shared
+        memory). After `emit` it is read-only: it belongs to the receivers."""
+        if port not in self.outputs:
+            raise KeyError(f"node {self.node_id}: no output port {port!r} (outputs: {sorted(self.outputs)})")
+        loaned = self._loaner(port, shape, np.dtype(dtype)) if self._loaner is not None else None
+        return loaned if loaned is not None else np.empty(shape, dtype)
+
     # ---- used by executors ----------------------------------------------------------------------
 
-    def attach(self, emitter: Emitter) -> None:
+    def attach(self, emitter: Emitter, loaner: Loaner | None = None) -> None:
         self._emitter = emitter
+        self._loaner = loaner
 
     @classmethod
     def is_source(cls) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pipeline.graph import POLICY_LATEST, Edge, NodeSpec
 from pipeline.messages import Message
 from pipeline.metrics import NodeMetrics
-from pipeline.node import Node
+from pipeline.node import Loaner, Node
 
 log = logging.getLogger("groundloop.runtime")
 
@@ -47,7 +47,7 @@ class InputQueue:
 
 class NodeRunner:
     def __init__(self, spec: NodeSpec, in_edges: list[Edge], send: Sender,
-                 clock: Callable[[], float] = time.monotonic, node: Node | None = None):
+                 clock: Callable[[], float] = time.monotonic, node: Node | None = None, loaner: Loaner | None = None):
         self.spec = spec
         self.node = node if node is not None else spec.cls(spec.params, node_id=spec.id)
         self.metrics = NodeMetrics(spec.id)
@@ -61,7 +61,7 @@ class NodeRunner:
         now = clock()
         self._last_input = {port: now for port in self.edges}
         self._arrivals = itertools.count()
-        self.node.attach(self._emit)
+        self.node.attach(self._emit, loaner)
         self.finished = False
 
     # ---- life cycle ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 
 from pipeline.graph import Graph, build_graph
@@ -37,6 +39,7 @@ HEARTBEAT_PERIOD_S = 0.5
 METRICS_PERIOD_S = 1.0
 PR_SET_PDEATHSIG = 1
 MAX_SEGMENTS_PER_PORT = 32
+BATCH_S = 0.002  # queued messages handled back to back before one acknowledgement (real-time inputs: one)
 IDLE_TICK_S = 0.01  # an idle source (tick returned None) is ticked again after this, or on input
 PHASE_STARTING, PHASE_RUNNING, PHASE_DONE = "starting", "running", "done"
 
@@ -73,7 +76,7 @@ class Worker:
         self.committed, self.committed_out_seq = dict(processed), dict(next_seq)
         self.uncommitted: deque[tuple[str, int, dict[str, int]]] = deque()  # (edge, seq, out seqs after it)
 
-        self.runner = NodeRunner(self.spec, self.in_edges, self._send)
+        self.runner = NodeRunner(self.spec, self.in_edges, self._send, loaner=self._loan)
         self.runner.processed_seq = {e.target_port: processed[e.id] for e in self.in_edges}
         self.runner.out_seq = dict(next_seq)
 
@@ -97,6 +100,8 @@ class Worker:
             for producer in finished:
                 self.subscriber.mark_ended(producer)
         self.reader_index = {e.id: self.graph.reader_index(e) for e in self.in_edges}
+        self.latest_edges = {e.id for e in self.in_edges if e.policy == "latest"}
+        self.latest_ports = {e.target_port for e in self.in_edges if e.policy == "latest"}
 
     def _segments_needed(self, port: str) -> int:
         """Enough segments for every message a port's consumers may hold at once, plus slack."""
@@ -108,6 +113,10 @@ class Worker:
     def _release(self, segment: str, reader: int, generation: int) -> None:
         for writer in self.writers.values():
             writer.release(segment, reader, generation)
+
+    def _loan(self, port: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        writer = self.writers.get(port)
+        return writer.loan(shape, dtype) if writer is not None else None
 
     def _send(self, port: str, message: Message) -> None:
         if self.publisher is None:
@@ -133,7 +142,7 @@ class Worker:
                 self.subscriber.ack(edge_id, processed=seq)  # never redeliver garbage
                 continue
             self.runner.offer(self.edge_to_port[edge_id], message)
-        for edge_id in touched:
+        for edge_id in touched & self.latest_edges:  # lossless edges are acknowledged when committed
             self.subscriber.ack(edge_id)
 
     # ---- reporting ----------------------------------------------------------------------------
@@ -202,7 +211,7 @@ class Worker:
                 waits.append(next_tick - now)
             if (timeout := self.runner.next_timeout()) is not None:
                 waits.append(timeout)
-            wait_ms = 0 if self.runner.pending() else max(0, int(min(waits) * 1000))
+            wait_ms = 0 if self.runner.pending() else max(0, math.ceil(min(waits) * 1000))
             events = dict(poller.poll(wait_ms))
             for socket in sockets:
                 if socket in events:
@@ -211,10 +220,12 @@ class Worker:
                 self.publisher.pump(0)
             if self.subscriber is not None:
                 self.subscriber.maybe_hello()
-            handled = self.runner.step()
-            if handled is not None:
+            batch_until = time.monotonic() + BATCH_S
+            while (handled := self.runner.step()) is not None:  # a batch, then one acknowledgement
                 port, seq = handled
                 self.uncommitted.append((self.port_to_edge[port], seq, dict(self.runner.out_seq)))
+                if time.monotonic() > batch_until or port in self.latest_ports:
+                    break
             self._commit()
             self.runner.check_timeouts()
 

@@ -15,6 +15,7 @@ make it so) and decoded as read-only numpy views of the received buffers. Anythi
 """
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -141,7 +142,7 @@ def decode(frames: Sequence[Any], resolve_shm: ShmResolver | None = None) -> Pay
 
 
 def _view(type_name: str, name: str, buffer: memoryview, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise CodecError(f"{type_name}.{name}: buffer has {len(buffer)} bytes, shape {shape} of {dtype} needs {expected}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import mmap
 import os
 import weakref
@@ -37,12 +38,19 @@ class _Segment:
     capacity: int
     map: mmap.mmap
     generation: int = 0
+    loaned: bool = False  # handed to the producer to fill in place, not sent yet
+    loans: int = 0  # counts loans, so that a stale loan's end cannot end a newer one
+
+    def __post_init__(self) -> None:
+        probe = ctypes.c_char.from_buffer(self.map)
+        self.data_address = ctypes.addressof(probe) + HEADER_BYTES
+        del probe  # release the export, or the map could never be closed
 
     def flags(self) -> memoryview:
         return memoryview(self.map)[:MAX_READERS]
 
     def is_free(self) -> bool:
-        return not any(self.map[:MAX_READERS])
+        return not self.loaned and not any(self.map[:MAX_READERS])
 
 
 def _open_segment(name: str, size: int, create: bool) -> mmap.mmap:
@@ -68,17 +76,40 @@ class ShmWriter:
         self.placed = 0
         self.fallbacks = 0  # arrays sent inline because every segment was busy
 
-    def place(self, array: np.ndarray, readers: list[int], used: list[tuple[str, int, int]] | None = None) -> list | None:
-        """Copy `array` into a free segment for `readers`; its descriptor, or None to send inline."""
-        nbytes = array.nbytes
-        if nbytes < self.min_bytes or not readers:
+    def loan(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A writable array inside a free segment, to be filled in place and then sent without a copy;
+        None when it is too small to be worth it or every segment is busy. Once sent it is read-only:
+        it belongs to its readers. A loan that is never sent returns to the pool when garbage-collected."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.min_bytes:
             return None
         segment = self._free_segment(nbytes)
         if segment is None:
-            self.fallbacks += 1
             return None
-        destination = np.frombuffer(segment.map, np.uint8, count=nbytes, offset=HEADER_BYTES)
-        np.copyto(destination.view(array.dtype).reshape(array.shape), array, casting="no")
+        segment.loaned = True
+        segment.loans += 1
+        exporter = (ctypes.c_char * nbytes).from_buffer(segment.map, HEADER_BYTES)
+        weakref.finalize(exporter, _end_loan, segment, segment.loans)
+        return np.frombuffer(exporter, dtype=dtype, count=math.prod(shape)).reshape(shape)
+
+    def place(self, array: np.ndarray, readers: list[int], used: list[tuple[str, int, int]] | None = None) -> list | None:
+        """Put `array` in a segment for `readers` — in place if it is a loan, else by one copy into a
+        free segment; its descriptor, or None to send it inline."""
+        nbytes = array.nbytes
+        if nbytes < self.min_bytes or not readers:
+            return None
+        segment = self._loaned_segment(array)
+        if segment is not None:
+            segment.loaned = False
+            array.flags.writeable = False
+        else:
+            segment = self._free_segment(nbytes)
+            if segment is None:
+                self.fallbacks += 1
+                return None
+            destination = np.frombuffer(segment.map, np.uint8, count=nbytes, offset=HEADER_BYTES)
+            np.copyto(destination.view(array.dtype).reshape(array.shape), array, casting="no")
         segment.generation = segment.generation % 255 + 1
         flags = segment.flags()
         for reader in readers:
@@ -94,6 +125,12 @@ class ShmWriter:
             if segment.name == name:
                 _clear_flag(segment.map, reader, generation)
                 return
+
+    def _loaned_segment(self, array: np.ndarray) -> _Segment | None:
+        if not array.flags.c_contiguous:
+            return None
+        address = array.__array_interface__["data"][0]
+        return next((s for s in self._segments if s.loaned and s.data_address == address), None)
 
     def _free_segment(self, nbytes: int) -> _Segment | None:
         free = [s for s in self._segments if s.is_free()]
@@ -113,7 +150,10 @@ class ShmWriter:
     def _retire(self, segment: _Segment) -> None:
         self._segments.remove(segment)
         os.unlink(os.path.join(SHM_DIR, segment.name))
-        segment.map.close()
+        try:
+            segment.map.close()
+        except BufferError:  # the producer still holds a sent loan; the map goes with it
+            pass
 
     def close(self) -> None:
         """Unlink every segment; readers that still map one keep their views valid."""
@@ -139,12 +179,13 @@ class ShmReader:
     def view(self, descriptor: list, dtype: np.dtype, shape: tuple[int, ...], reader: int) -> np.ndarray:
         name, nbytes, generation = descriptor
         segment = self._map(name)
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        count = math.prod(shape)
+        expected = count * dtype.itemsize
         if expected != nbytes or HEADER_BYTES + nbytes > len(segment):
             raise ValueError(f"shared-memory segment {name}: descriptor says {nbytes} bytes, {shape} of {dtype} needs {expected}")
         exporter = (ctypes.c_char * max(nbytes, 1)).from_buffer(segment, HEADER_BYTES)
         weakref.finalize(exporter, _clear_flag, segment, reader, generation)
-        array = np.frombuffer(exporter, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        array = np.frombuffer(exporter, dtype=dtype, count=count).reshape(shape)
         array.flags.writeable = False
         return array
 
@@ -161,6 +202,11 @@ class ShmReader:
         else:
             self._maps.move_to_end(name)
         return segment
+
+
+def _end_loan(segment: _Segment, loan: int) -> None:
+    if segment.loans == loan:
+        segment.loaned = False
 
 
 def _clear_flag(segment: mmap.mmap, reader: int, generation: int) -> None:

@@ -113,7 +113,10 @@ class Publisher:
             self.pump(50)
 
     def pump(self, timeout_ms: int) -> None:
-        """Handle consumers' messages (waiting up to `timeout_ms` for the first) and send what is allowed."""
+        """Send what flow control allows, handle consumers' messages (waiting up to `timeout_ms` for the
+        first), then send what their acknowledgements allow."""
+        for state in self.edges.values():
+            self._send_allowed(state)
         if self.socket.poll(timeout_ms, zmq.POLLIN):
             while True:
                 try:

@@ -1,7 +1,7 @@
-"""dora-rs sink for benchmarks/transport.py: records (stamp, arrival, bytes) of every message.
+"""dora-rs sink for benchmarks/transport.py: records (phase, stamp, arrival, bytes) per message.
 
-Writes int64 triples to BENCH_OUT when its input closes; the benchmark reads them back. It does not
-touch the payload beyond its length, like the groundloop sink: what is timed is delivery of a view.
+Writes raw int64 rows to BENCH_OUT when its input closes; the benchmark reads them back. It looks
+only at the payload's length, like the groundloop sink: what is timed is delivery of a usable view.
 """
 import os
 import time
@@ -11,15 +11,16 @@ from dora import Node
 
 
 def main() -> None:
-    rows: list[tuple[int, int, int]] = []
+    rows: list[tuple[int, int, int, int]] = []
     node = Node()
     for event in node:
         if event["type"] == "INPUT":
-            arrived = time.monotonic_ns()
-            rows.append((event["metadata"]["stamp"], arrived, len(event["value"])))
+            arrival = time.monotonic_ns()
+            metadata = event["metadata"]
+            rows.append((metadata["phase"], metadata["stamp"], arrival, len(event["value"])))
         elif event["type"] == "STOP":
             break
-    np.asarray(rows, dtype=np.int64).reshape(-1, 3).tofile(os.environ["BENCH_OUT"])
+    np.asarray(rows, dtype=np.int64).reshape(-1, 4).tofile(os.environ["BENCH_OUT"])
 
 
 if __name__ == "__main__":

@@ -67,3 +67,24 @@ def test_small_arrays_stay_inline_and_close_unlinks_everything(prefix):
     assert segments_with_prefix(prefix)
     writer.close()
     assert segments_with_prefix(prefix) == []
+
+
+def test_a_loan_is_filled_in_place_and_sent_without_a_copy(prefix):
+    writer, reader = ShmWriter(prefix, max_segments=2), ShmReader()
+    loan = writer.loan((500, 400), np.float32)
+    loan[:] = 3.0
+    frames = encode(Payload("T", {}, {"a": loan}), lambda a: writer.place(a, [0]))
+    out = decode(frames, lambda loc, dtype, shape: reader.view(loc, dtype, shape, 0)).arrays["a"]
+    assert out.shape == (500, 400) and float(out[0, 0]) == 3.0 and float(out[-1, -1]) == 3.0
+    assert not loan.flags.writeable  # sent: it belongs to the readers now
+    assert writer.placed == 1 and len(segments_with_prefix(prefix)) == 1  # no second segment: no copy
+
+
+def test_an_unsent_loan_returns_to_the_pool(prefix):
+    writer = ShmWriter(prefix, max_segments=1)
+    loan = writer.loan((1 << 20,), np.uint8)
+    assert writer.loan((1 << 20,), np.uint8) is None  # the only segment is out on loan
+    del loan
+    gc.collect()
+    assert writer.loan((1 << 20,), np.uint8) is not None
+    writer.close()
