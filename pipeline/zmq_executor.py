@@ -117,6 +117,7 @@ class ZmqExecutor:
                    "--incarnation", f"{self.run_id}.{child.incarnation}", "--finished", ",".join(finished)]
         child.process = subprocess.Popen(command, env=env, start_new_session=True)
         child.phase, child.started_at, child.last_report, child.restart_at = "starting", time.monotonic(), time.monotonic(), None
+        child.loop_age_s = 0.0
 
     def _on_report(self, report: dict) -> None:
         child = self.children.get(report.get("node", ""))

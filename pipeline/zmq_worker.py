@@ -126,7 +126,12 @@ class Worker:
         writer = self.writers.get(port)
         placer = (lambda array: writer.place(array, readers, used)) if writer is not None else None
         frames = encode(message.to_payload(), placer)
-        self.publisher.publish(port, message.seq, frames, used, should_stop=lambda: self.stop_requested)
+        self.publisher.publish(port, message.seq, frames, used, should_stop=self._waiting_on_backpressure)
+
+    def _waiting_on_backpressure(self) -> bool:
+        """Called while a full lossless edge blocks a send: alive (not hung), and stoppable."""
+        self.loop_at = time.monotonic()
+        return self.stop_requested
 
     def _receive(self, socket: zmq.Socket) -> None:
         touched = set()
@@ -172,6 +177,7 @@ class Worker:
         self.report("starting")
         try:
             self.runner.setup()
+            self.loop_at = time.monotonic()  # the hang clock starts with the loop, not with setup
             self.phase = PHASE_RUNNING
             self.report("running")
             self._loop()

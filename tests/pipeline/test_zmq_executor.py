@@ -125,6 +125,16 @@ def test_a_crash_inside_a_handler_is_restarted_with_backoff(tmp_path):
     assert metrics["double"]["restarts"] == 1
 
 
+def test_a_slow_setup_is_not_taken_for_a_hang_but_a_hung_handler_is_restarted(tmp_path):
+    out = tmp_path / "sink.jsonl"
+    raw = chain(out, count=20, scale={"setup_s": 4.0, "hang_at": 5, "marker": str(tmp_path / "hung")})
+    raw["nodes"][1]["hang_timeout_s"] = 1.0  # applies once running: setup may take as long as it needs
+    metrics = run_zmq(raw)
+    values, _ = read_sink(out)
+    assert values == [2 * i for i in range(20)]
+    assert metrics["double"]["restarts"] == 1  # killed once, for the hang, never for the slow setup
+
+
 def test_sigterm_stops_every_process_and_leaks_nothing(tmp_path):
     graph_path = tmp_path / "long.yaml"
     graph_path.write_text(yaml.safe_dump(chain(tmp_path / "sink.jsonl", count=100000, period_s=0.01, payload_bytes=500_000)))

@@ -47,7 +47,9 @@ class ScaleParams(BaseModel):
     factor: int = 2
     delay_s: float = 0.0  # a slow consumer
     crash_at: int = -1  # os._exit on this value, once (a marker file remembers)
+    hang_at: int = -1  # sleep for an hour on this value, once (a marker file remembers)
     marker: str = ""
+    setup_s: float = 0.0  # a slow start, like a model loading
 
 
 class Scale(Node):
@@ -55,12 +57,17 @@ class Scale(Node):
     inputs = {"value": Tick}
     outputs = {"scaled": Tick}
 
+    def setup(self) -> None:
+        time.sleep(self.params.setup_s)
+
     def on_value(self, msg: Tick) -> None:
         if self.params.delay_s:
             time.sleep(self.params.delay_s)
-        if msg.value == self.params.crash_at and not Path(self.params.marker).exists():
-            Path(self.params.marker).write_text("crashed")
-            os._exit(17)
+        if msg.value in (self.params.crash_at, self.params.hang_at) and not Path(self.params.marker).exists():
+            Path(self.params.marker).write_text("once")
+            if msg.value == self.params.crash_at:
+                os._exit(17)
+            time.sleep(3600)
         self.emit("scaled", Tick(value=msg.value * self.params.factor, stamp_ns=msg.stamp_ns))
 
 
