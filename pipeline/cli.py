@@ -1,8 +1,8 @@
 """The `groundloop` command line: run, validate and draw graphs; other packages add commands.
 
-Commands from other packages (sim demos, training, eval, ...) register through the entry-point group
-`groundloop.commands`: each entry is a function `register(subparsers)`. The pipeline package so never
-imports the packages built on it.
+Commands from other packages (sim demos, eval, ...) register through the entry-point group
+`groundloop.commands`, trainers under `groundloop train` through `groundloop.train`: each entry is a
+function `register(subparsers)`. The pipeline package so never imports the packages built on it.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pipeline.graph import GraphError, load_graph
 from pipeline.metrics import format_table
 
 COMMAND_ENTRY_POINT_GROUP = "groundloop.commands"
+TRAIN_ENTRY_POINT_GROUP = "groundloop.train"  # `groundloop train <model>`
 EXECUTORS = ("inproc", "zmq")
 
 
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for entry in sorted(entry_points(group=COMMAND_ENTRY_POINT_GROUP), key=lambda e: e.name):
         entry.load()(commands)
+    trainers = sorted(entry_points(group=TRAIN_ENTRY_POINT_GROUP), key=lambda e: e.name)
+    if trainers:
+        train = commands.add_parser("train", help="train one of the project's models")
+        models = train.add_subparsers(dest="model", required=True)
+        for entry in trainers:
+            entry.load()(models)
     return parser
 
 
