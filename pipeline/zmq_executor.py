@@ -35,6 +35,7 @@ from streaming.shm import unlink_prefix
 log = logging.getLogger("groundloop.supervisor")
 
 SHUTDOWN_GRACE_S = 5.0
+HEARTBEAT_SILENCE_S = 10.0  # workers report every 0.5 s, from a thread, even inside a long setup()
 PROTOCOL_IPC, PROTOCOL_TCP = "ipc", "tcp"
 
 
@@ -145,7 +146,7 @@ class ZmqExecutor:
         if code is None:
             hung = (spec.hang_timeout_s is not None and child.phase == "running" and child.loop_age_s > spec.hang_timeout_s)
             slow = (spec.startup_timeout_s is not None and child.phase == "starting" and now - child.started_at > spec.startup_timeout_s)
-            silent = now - child.last_report > max(10.0, 20 * 0.5)  # no heartbeat at all: the process is wedged
+            silent = now - child.last_report > HEARTBEAT_SILENCE_S  # not even its heartbeat thread speaks: wedged
             if hung or slow or silent:
                 log.error("node %s: %s; killing it", child.node_id, "hung" if hung else "setup too slow" if slow else "no heartbeat")
                 os.killpg(child.process.pid, signal.SIGKILL)
