@@ -22,6 +22,7 @@ class ActionExpertParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field(description="a checkpoint written by `groundloop train action-expert`")
     device: str = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     seed: int = 0
     control_mode: str = "pd_ee_delta_pose"
 
@@ -32,6 +33,10 @@ class ActionExpert(Node):
     outputs = {"actions": ActionChunk}
 
     def setup(self) -> None:
+        if self.params.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.params.num_threads)
         self.runtime: ActionExpertRuntime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
         self.guided = self.runtime.config.use_guidance
         self.episode = 0
