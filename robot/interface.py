@@ -1,6 +1,6 @@
 """The physical side's one abstraction: a `Robot` that a node can drive, simulated or real.
 
-Small on purpose (LeRobot's shape): connect, get_observation, send_action, disconnect. Everything a
+Small on purpose (LeRobot's shape): connect, reset, get_observation, send_action, disconnect. Everything a
 policy needs to know about the robot travels in the observation dict; everything it asks of the robot
 in the action array. Safety limits are enforced by the controller before `send_action` and again by
 bridges that accept commands from the network.
@@ -50,6 +50,10 @@ class Robot(abc.ABC):
     @abc.abstractmethod
     def connect(self) -> None:
         """Open the connection (or create the simulation)."""
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> RobotObservation:
+        """Start an episode: a simulator rebuilds its scene from `seed`, a real arm moves home."""
 
     @abc.abstractmethod
     def get_observation(self) -> RobotObservation:

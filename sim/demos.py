@@ -18,7 +18,6 @@ import numpy as np
 
 from robot.interface import RobotObservation
 from sim.maniskill_robot import GRIPPER_CLOSED, GRIPPER_OPEN, ManiSkillRobot
-from sim.pointcloud import invert_transform, transform_pose
 from sim.tasks import PICK_CUBE, PUSH_CUBE, STACK_CUBE
 
 #: called with each observation and the action then executed
@@ -32,12 +31,12 @@ PLACE = "place"
 FINGER_LENGTH = 0.025  # ManiSkill's Panda solutions grasp this deep
 APPROACH_OFFSET = 0.05  # pre-grasp stands off this far along the approach axis
 LIFT_HEIGHT = 0.08
-PUSH_BACKOFF = 0.05  # TCP behind the cube's centre when pushing
+PUSH_BACKOFF = 0.05  # TCP behind the cube's centre at the push start (2 cm short of contact)
 PUSH_CLEARANCE = 0.05  # pre-push height above the push start
 PUSH_CONTACT = 0.03  # TCP to cube centre while pushing (half the cube + half a fingertip)
 #: how far short of the ring's centre the cube may stop, best first: the far end of the goal range
 #: is beyond the Panda's top-down reach at table height, so we push as deep as a straight path allows
-PUSH_SHORTFALLS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08)
+PUSH_SHORTFALLS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09)
 GRIPPER_STEPS = 6  # control steps the gripper gets to open/close, as in ManiSkill's solutions
 POS_TOLERANCE = 0.004  # m: a key pose counts as reached within this...
 ROT_TOLERANCE = 0.03  # rad: ...and this
@@ -45,6 +44,8 @@ ROT_TOLERANCE = 0.03  # rad: ...and this
 #: (tracking then closes the gap); a path ending farther off has stalled against the reach limit
 PLAN_POS_TOLERANCE = 0.015
 PLAN_ROT_TOLERANCE = 0.05
+#: a stalling screw path also shows as a very long one (hundreds of steps); real segments take < 70
+MAX_PLAN_STEPS = 120
 MAX_SETTLE_STEPS = 10  # extra steps to converge on a key pose after its path ends
 MAX_FINAL_STEPS = 20  # steps to wait for the success condition (e.g. "robot static") at the end
 
@@ -113,7 +114,6 @@ class MotionPlanningExpert:
         robot = self.robot
         robot.reset(seed=seed)
         self._on_step = on_step
-        T_base_world = invert_transform(robot.T_world_base())
         waypoints: list[Waypoint] = []
         status = PLAN_OK
         script = self._script(robot.env, self._can_reach)
@@ -121,17 +121,18 @@ class MotionPlanningExpert:
         try:
             for seg in script:
                 target_world = np.concatenate([seg.pose.p, seg.pose.q])
-                target_base = transform_pose(T_base_world, target_world)
+                target_base = robot.world_to_base_pose(target_world)
                 self._move(target_world, target_base, gripper)
                 waypoints.append(Waypoint(seg.name, target_base, seg.gripper, self._steps()))
                 if seg.gripper != gripper:
                     gripper = seg.gripper
                     for _ in range(GRIPPER_STEPS):
                         self._act(target_base, gripper)
+            # at least one step after the last key pose, so every waypoint_step indexes a recorded step
             for _ in range(MAX_FINAL_STEPS):
+                self._act(waypoints[-1].pose_base, gripper)
                 if robot.is_success():
                     break
-                self._act(waypoints[-1].pose_base, gripper)
             status = PLAN_OK if robot.is_success() else TASK_FAILED
         except _PlanFailure:
             status = PLAN_FAILED
@@ -152,10 +153,11 @@ class MotionPlanningExpert:
         """A timed joint path to a world-frame TCP pose: screw motion, else RRT-Connect.
 
         mplib's screw planner reports success for paths that stall short of an out-of-reach target
-        (it wanders in the null space), so a path counts only if it ends near the target.
+        (it wanders in the null space), so a path counts only if it ends near the target in
+        a plausible number of steps.
         """
         dt = self.robot.env.control_timestep
-        target_base = transform_pose(invert_transform(self.robot.T_world_base()), target_world)
+        target_base = self.robot.world_to_base_pose(target_world)
         attempts = [lambda: self.planner.plan_screw(target_world, self._qpos(), time_step=dt)]
         if not screw_only:
             attempts.append(
@@ -163,9 +165,8 @@ class MotionPlanningExpert:
             )
         for attempt in attempts:
             result = attempt()
-            if result["status"] == "Success" and _pose_error(
-                self._fk(result["position"][-1]), target_base
-            ) <= (PLAN_POS_TOLERANCE, PLAN_ROT_TOLERANCE):
+            if (result["status"] == "Success" and len(result["position"]) <= MAX_PLAN_STEPS
+                    and _close(self._fk(result["position"][-1]), target_base, PLAN_POS_TOLERANCE, PLAN_ROT_TOLERANCE)):
                 return result
         return None
 
@@ -188,7 +189,7 @@ class MotionPlanningExpert:
         for arm_qpos in plan["position"][1:]:
             self._act(self._fk(arm_qpos), gripper)
         for _ in range(MAX_SETTLE_STEPS):
-            if _pose_error(self.robot.ee_pose(), target_base) <= (POS_TOLERANCE, ROT_TOLERANCE):
+            if _close(self.robot.ee_pose(), target_base, POS_TOLERANCE, ROT_TOLERANCE):
                 break
             self._act(target_base, gripper)
 
@@ -206,10 +207,11 @@ class _OutOfSteps(Exception):
     """The episode hit the robot's step limit before the script finished."""
 
 
-def _pose_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(position error m, rotation angle rad) between two poses `xyz + quat wxyz`."""
+def _close(a: np.ndarray, b: np.ndarray, pos_tol: float, rot_tol: float) -> bool:
+    """Whether poses `xyz + quat wxyz` agree within pos_tol metres and rot_tol radians."""
     dot = abs(float(np.dot(a[3:7], b[3:7])) / (np.linalg.norm(a[3:7]) * np.linalg.norm(b[3:7])))
-    return float(np.linalg.norm(a[:3] - b[:3])), 2.0 * float(np.arccos(min(dot, 1.0)))
+    angle = 2.0 * float(np.arccos(min(dot, 1.0)))
+    return float(np.linalg.norm(a[:3] - b[:3])) <= pos_tol and angle <= rot_tol
 
 
 # ---------------------------------------------------------------------- task scripts

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from robot.interface import CameraObservation, Robot, RobotObservation
-from sim.pointcloud import canonical_quat, invert_transform, matrix_to_pose, pose_to_matrix, transform_points
+from sim.pointcloud import (
+    canonical_quat,
+    invert_transform,
+    pose_to_matrix,
+    quat_to_matrix,
+    transform_points,
+    transform_pose,
+)
 from sim.tasks import get_task
 
 CONTROL_MODE = "pd_ee_delta_pose"
@@ -29,6 +36,9 @@ DEFAULT_MAX_EPISODE_STEPS = 200
 SIM_BACKEND = "physx_cpu"
 RENDER_BACKEND = "cpu"
 DEPTH_UNITS_PER_M = 1000.0  # ManiSkill's default shader delivers depth as int16 millimetres
+#: base-frame hemisphere for TCP quaternions: the TCP pointing straight down at its home yaw. A
+#: top-down TCP has w ~ 0, where "w >= 0" would flip signs from step to step.
+TCP_QUAT_REFERENCE = np.array([0.0, 1.0, 0.0, 0.0])
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,8 @@ class CameraSpec:
     """A fixed camera looking at the table, eye and target in the world (table) frame, metres.
 
     The default sees the whole PickCube workspace (cube spawn square, goals up to 0.32 m high) from
-    the front-left; the cube gets ~300 of 65k pixels at 256×256 and rendering stays ~20 steps/s on
-    2 CPU cores.
+    the front-left: the cube covers 230–360 of the 65k pixels at 256×256 (128×128 gave it 3–16),
+    and a step with rendering takes ~40 ms on 2 idle CPU cores (~25 steps/s).
     """
 
     name: str = "base_camera"
@@ -56,7 +66,7 @@ class CameraSpec:
 class ManiSkillRobot(Robot):
     """One ManiSkill env (one sub-scene) behind the `Robot` interface.
 
-    `camera=None` runs without rendering (state only), which is what the motion-planning oracle needs.
+    `camera=None` renders no camera (state only), which is what the motion-planning oracle needs.
     ManiSkill is imported in `connect`, so constructing this object is cheap and validates the task.
     """
 
@@ -69,15 +79,12 @@ class ManiSkillRobot(Robot):
         *,
         max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
         camera: CameraSpec | None = CameraSpec(),
-        render_video: bool = False,
     ) -> None:
         self.spec = get_task(task)
         self.max_episode_steps = max_episode_steps
         self.camera = camera
-        self.render_video = render_video
         self._gym_env: Any = None
         self._obs: Any = None
-        self._info: dict[str, Any] = {}
         self._truncated = False
         self._seg_labels: dict[int, str] = {}
 
@@ -96,6 +103,7 @@ class ManiSkillRobot(Robot):
             sim_backend=SIM_BACKEND,
             render_backend=RENDER_BACKEND,
             max_episode_steps=self.max_episode_steps,
+            render_mode="rgb_array",  # costs nothing until render_frame() asks for a frame
         )
         if self.camera is not None:
             cam = self.camera
@@ -104,14 +112,15 @@ class ManiSkillRobot(Robot):
             kwargs["sensor_configs"] = {
                 cam.name: dict(width=cam.width, height=cam.height, fov=cam.fov, pose=pose)
             }
-        if self.render_video:
-            kwargs["render_mode"] = "rgb_array"
-        self._gym_env = gym.make(self.spec.name, **kwargs)
-        if self.camera is not None and self.camera.name not in self.env._sensors:
+        try:
+            self._gym_env = gym.make(self.spec.name, **kwargs)
+        except AttributeError as exc:  # ManiSkill reads an unknown camera name as a config attribute
+            if self.camera is None:
+                raise
             raise ValueError(
-                f"camera {self.camera.name!r} is not a sensor of {self.spec.name}; "
-                f"its sensors: {sorted(self.env._sensors)}"
-            )
+                f"ManiSkillRobot({self.spec.name}): camera {self.camera.name!r} is not one of the task's "
+                f"cameras (the supported tasks have 'base_camera'): {exc}"
+            ) from exc
         self._seg_labels = {int(i): obj.name for i, obj in self.env.segmentation_id_map.items()}
         self.reset()
 
@@ -135,7 +144,7 @@ class ManiSkillRobot(Robot):
     # ------------------------------------------------------------------ acting
     def reset(self, seed: int | None = None) -> RobotObservation:
         """Start a new episode; the same seed gives the same initial scene."""
-        self._obs, self._info = self._require().reset(seed=seed)
+        self._obs, _ = self._require().reset(seed=seed)
         self._truncated = False
         return self.get_observation()
 
@@ -147,7 +156,7 @@ class ManiSkillRobot(Robot):
                 f"ManiSkillRobot.send_action: expected a finite action of shape ({len(ACTION_NAMES)},) "
                 f"{ACTION_NAMES}, got shape {action.shape} with values {action}"
             )
-        self._obs, _, _, truncated, self._info = self._require().step(action)
+        self._obs, _, _, truncated, _ = self._require().step(action)
         self._truncated = bool(truncated)
 
     def action_toward(self, target_ee_pose: np.ndarray, gripper: float) -> np.ndarray:
@@ -161,8 +170,7 @@ class ManiSkillRobot(Robot):
         arm = self.env.agent.controller.controllers["arm"].config
         current = self.ee_pose()
         dpos = (np.asarray(target_ee_pose[:3]) - current[:3]) / float(arm.pos_upper)
-        R_delta = pose_to_matrix(np.concatenate([[0, 0, 0], target_ee_pose[3:7]]))[:3, :3] @ \
-            pose_to_matrix(np.concatenate([[0, 0, 0], current[3:7]]))[:3, :3].T
+        R_delta = quat_to_matrix(target_ee_pose[3:7]) @ quat_to_matrix(current[3:7]).T
         drot = matrix_to_euler_xyz(R_delta) / float(arm.rot_lower)
         norm = np.linalg.norm(drot)
         if norm > 1.0:
@@ -179,9 +187,13 @@ class ManiSkillRobot(Robot):
         return transform_points(invert_transform(self.T_world_base()), np.asarray(world_points, dtype=np.float64))
 
     def ee_pose(self) -> np.ndarray:
-        """TCP pose in the base frame: xyz + quat wxyz (w >= 0)."""
-        T = invert_transform(self.T_world_base()) @ pose_to_matrix(self.env.agent.tcp.pose.raw_pose[0].cpu().numpy())
-        return matrix_to_pose(T)
+        """TCP pose in the base frame: xyz + quat wxyz in the hemisphere of TCP_QUAT_REFERENCE."""
+        return self.world_to_base_pose(self.env.agent.tcp.pose.raw_pose[0].cpu().numpy())
+
+    def world_to_base_pose(self, pose_world: np.ndarray) -> np.ndarray:
+        """A world-frame pose in the base frame, quaternion in the hemisphere of TCP_QUAT_REFERENCE."""
+        pose = transform_pose(invert_transform(self.T_world_base()), pose_world)
+        return np.concatenate([pose[:3], canonical_quat(pose[3:7], TCP_QUAT_REFERENCE)])
 
     def get_observation(self) -> RobotObservation:
         """State, camera and task info of the current sim state."""
@@ -210,7 +222,7 @@ class ManiSkillRobot(Robot):
             intrinsics=params["intrinsic_cv"][0].cpu().numpy().astype(np.float64),
             T_base_camera=invert_transform(self.T_world_base()) @ invert_transform(T_camera_world),
             segmentation=data["segmentation"][0, ..., 0].cpu().numpy().astype(np.int32),
-            segmentation_labels=dict(self._seg_labels),
+            segmentation_labels=self.segmentation_labels,
         )
 
     def is_success(self) -> bool:
@@ -220,26 +232,27 @@ class ManiSkillRobot(Robot):
     @property
     def task_info(self) -> dict[str, Any]:
         """Goal and target (base frame), success and episode progress: the observation's `extras`."""
-        target_world = self.spec.target_pose_world(self.env)
-        target_T = invert_transform(self.T_world_base()) @ pose_to_matrix(target_world)
         return {
             "task": self.spec.name,
             "target_name": self.spec.target_actor,
-            "target_pose": matrix_to_pose(target_T),
+            "target_pose": self.world_to_base_pose(self.spec.target_pose_world(self.env)),
             "goal_pos": self.to_base(self.spec.goal_world(self.env)),
             "success": self.is_success(),
             "elapsed_steps": int(self.env.elapsed_steps[0]),
             "truncated": self._truncated,
         }
 
+    @property
+    def segmentation_labels(self) -> dict[int, str]:
+        """Segmentation id -> actor/link name for this scene (fixed once connected)."""
+        return dict(self._seg_labels)
+
     def segmentation_ids(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
         """Segmentation ids of the named actors/links (names that do not occur in the scene are skipped)."""
         return np.array([i for i, n in self._seg_labels.items() if n in names], dtype=np.int32)
 
     def render_frame(self) -> np.ndarray:
-        """An RGB frame (H, W, 3) uint8 of ManiSkill's human render camera, for videos."""
-        if not self.render_video:
-            raise RuntimeError("ManiSkillRobot.render_frame needs render_video=True at construction")
+        """An RGB frame (H, W, 3) uint8 of ManiSkill's human render camera (512×512), for videos."""
         return self._require().render()[0].cpu().numpy().astype(np.uint8)
 
 
@@ -249,8 +262,3 @@ def matrix_to_euler_xyz(R: np.ndarray) -> np.ndarray:
     a = np.arctan2(-R[1, 2], R[2, 2])
     c = np.arctan2(-R[0, 1], R[0, 0])
     return np.array([a, b, c])
-
-
-def quat_wxyz(q: np.ndarray) -> np.ndarray:
-    """A quaternion in canonical form (w >= 0), float32: how poses are stored."""
-    return canonical_quat(q).astype(np.float32)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-#: quaternions are stored with a non-negative w so equal rotations compare equal
 QUAT_EPS = 1e-12
 
 
@@ -43,11 +42,29 @@ def matrix_to_quat(R: np.ndarray) -> np.ndarray:
     return canonical_quat(q)
 
 
-def canonical_quat(q: np.ndarray) -> np.ndarray:
-    """Unit quaternion with w >= 0 (q and -q are the same rotation; learning wants one of them)."""
+def canonical_quat(q: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Unit quaternion in the hemisphere of `reference` (default: w >= 0).
+
+    q and -q are the same rotation; learning wants one of them, chosen continuously. w >= 0 is
+    ambiguous near w = 0 — exactly where a top-down gripper lives — so callers with such poses pass a
+    reference orientation near their working range instead.
+    """
     q = np.asarray(q, dtype=np.float64)
     q = q / max(np.linalg.norm(q), QUAT_EPS)
-    return -q if q[0] < 0 else q
+    ref = np.array([1.0, 0.0, 0.0, 0.0]) if reference is None else np.asarray(reference, dtype=np.float64)
+    return -q if np.dot(q, ref) < 0 else q
+
+
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a ⊗ b of quaternions wxyz (rotation b, then a)."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ])
 
 
 def pose_to_matrix(pose: np.ndarray) -> np.ndarray:
@@ -82,8 +99,15 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def transform_pose(T: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Express a pose `xyz + quat wxyz` given in frame b in frame a, with T = T_a_b."""
-    return matrix_to_pose(np.asarray(T, dtype=np.float64) @ pose_to_matrix(pose))
+    """Express a pose `xyz + quat wxyz` given in frame b in frame a, with T = T_a_b.
+
+    The quaternion is multiplied, not re-derived from a matrix, so its sign follows the input's: poses
+    kept in one hemisphere stay in one (rotated) hemisphere.
+    """
+    T = np.asarray(T, dtype=np.float64)
+    pose = np.asarray(pose, dtype=np.float64)
+    q = quat_multiply(matrix_to_quat(T[:3, :3]), pose[3:7])
+    return np.concatenate([T[:3, :3] @ pose[:3] + T[:3, 3], q / np.linalg.norm(q)])
 
 
 def project_points(K: np.ndarray, points_camera: np.ndarray) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""`groundloop sim ...`: demo generation and the motion-planning oracle from the command line.
+
+`register(subparsers)` plugs the `sim` command group into the groundloop CLI (entry-point group
+`groundloop.commands`); `python -m sim.cli demos ...` runs the same commands on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sim.tasks import PICK_CUBE, TASKS
+
+DEFAULT_DEMOS = 200
+
+
+def _demos(args: argparse.Namespace) -> int:
+    from sim.dataset import generate_demos
+
+    out = Path(args.out) if args.out else Path("data/demos") / args.task
+    meta = generate_demos(args.task, args.n, out, seed_start=args.seed_start, n_points=args.n_points,
+                          progress=not args.no_progress)
+    seeds = range(args.seed_start, args.seed_start + args.n)
+    done = [e for e in meta["episodes"] if e["seed"] in seeds]
+    ok = sum(e["success"] for e in done)
+    print(f"{args.task}: {ok}/{len(done)} successful demos in {out} ({meta['n_episodes']} episodes in total)")
+    return 0
+
+
+def _oracle(args: argparse.Namespace) -> int:
+    from sim.evaluate import evaluate_oracle
+
+    summary = evaluate_oracle(args.task, range(args.seed_start, args.seed_start + args.n))
+    if not args.per_seed:
+        summary.pop("per_seed")
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_task(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default=PICK_CUBE, choices=sorted(TASKS), help="ManiSkill task")
+
+
+def _add_commands(sub: argparse._SubParsersAction) -> None:
+    demos = sub.add_parser("demos", help="generate motion-planning demos (point clouds, ee-delta actions, waypoints)")
+    _add_task(demos)
+    demos.add_argument("-n", type=int, default=DEFAULT_DEMOS, help="number of seeds to run")
+    demos.add_argument("--out", default=None, help="output directory (default data/demos/<task>)")
+    demos.add_argument("--seed-start", type=int, default=0)
+    demos.add_argument("--n-points", type=int, default=1024, help="points per cloud after farthest-point sampling")
+    demos.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    demos.set_defaults(func=_demos)
+
+    oracle = sub.add_parser("oracle", help="success rate of the motion-planning expert (no rendering)")
+    _add_task(oracle)
+    oracle.add_argument("-n", type=int, default=50, help="number of seeds")
+    oracle.add_argument("--seed-start", type=int, default=1000)
+    oracle.add_argument("--per-seed", action="store_true", help="include every seed's outcome")
+    oracle.set_defaults(func=_oracle)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `sim` command group (demos, oracle) to a parent CLI."""
+    sim = subparsers.add_parser("sim", help="ManiSkill simulation: demos and the oracle")
+    _add_commands(sim.add_subparsers(dest="sim_command", required=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: `python -m sim.cli demos --task PickCube-v1 -n 200`."""
+    parser = argparse.ArgumentParser(prog="python -m sim.cli", description=__doc__.splitlines()[0])
+    _add_commands(parser.add_subparsers(dest="sim_command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
