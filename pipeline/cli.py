@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 
 from pipeline.graph import GraphError, load_graph
 from pipeline.metrics import format_table
+from pipeline.zmq_executor import GraphFailed
 
 COMMAND_ENTRY_POINT_GROUP = "groundloop.commands"
 TRAIN_ENTRY_POINT_GROUP = "groundloop.train"  # `groundloop train <model>`
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except GraphError as exc:
+    except (GraphError, GraphFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

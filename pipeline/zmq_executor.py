@@ -30,6 +30,7 @@ import zmq
 
 from pipeline.graph import Graph
 from pipeline.metrics import NodeMetrics
+from pipeline.zmq_worker import EXIT_SETUP_FAILED
 from streaming.shm import unlink_prefix
 
 log = logging.getLogger("groundloop.supervisor")
@@ -55,6 +56,7 @@ class _Child:
     last_report: float = 0.0
     loop_age_s: float = 0.0
     finished: bool = False
+    error: str = ""
     metrics: dict = field(default_factory=dict)
 
 
@@ -129,6 +131,8 @@ class ZmqExecutor:
         child.loop_age_s = report.get("loop_age_s", 0.0)
         if "metrics" in report:
             child.metrics = report["metrics"]
+        if "error" in report:
+            child.error = report["error"]
 
     def _check(self, child: _Child, plan: Path) -> None:
         now = time.monotonic()
@@ -151,6 +155,8 @@ class ZmqExecutor:
                 log.error("node %s: %s; killing it", child.node_id, "hung" if hung else "setup too slow" if slow else "no heartbeat")
                 os.killpg(child.process.pid, signal.SIGKILL)
             return
+        if code == EXIT_SETUP_FAILED:
+            raise GraphFailed(f"node {child.node_id} failed in setup(): {child.error or 'see its log above'}")
         child.restarts += 1
         policy = spec.restart
         if child.restarts > policy.max_restarts:

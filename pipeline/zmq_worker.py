@@ -42,6 +42,7 @@ MAX_SEGMENTS_PER_PORT = 32
 BATCH_S = 0.002  # queued messages handled back to back before one acknowledgement (real-time inputs: one)
 IDLE_TICK_S = 0.01  # an idle source (tick returned None) is ticked again after this, or on input
 PHASE_STARTING, PHASE_RUNNING, PHASE_DONE = "starting", "running", "done"
+EXIT_SETUP_FAILED = 3  # tells the supervisor not to restart
 
 
 def _die_with_parent() -> None:
@@ -176,7 +177,12 @@ class Worker:
         threading.Thread(target=self._heartbeat, daemon=True).start()
         self.report("starting")
         try:
-            self.runner.setup()
+            try:
+                self.runner.setup()
+            except Exception as exc:  # a missing model, a bad device: restarting will not help
+                log.exception("node %s: setup() failed", self.node_id)
+                self.report("failed", error=f"{type(exc).__name__}: {exc}")
+                return EXIT_SETUP_FAILED
             self.loop_at = time.monotonic()  # the hang clock starts with the loop, not with setup
             self.phase = PHASE_RUNNING
             self.report("running")

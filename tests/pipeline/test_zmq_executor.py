@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.graph import build_graph
 from pipeline.inproc import InprocExecutor
-from pipeline.zmq_executor import ZmqExecutor
+from pipeline.zmq_executor import GraphFailed, ZmqExecutor
 from streaming.security import generate_keys
 from streaming.shm import segments_with_prefix
 
@@ -133,6 +133,15 @@ def test_a_slow_setup_is_not_taken_for_a_hang_but_a_hung_handler_is_restarted(tm
     values, _ = read_sink(out)
     assert values == [2 * i for i in range(20)]
     assert metrics["double"]["restarts"] == 1  # killed once, for the hang, never for the slow setup
+
+
+def test_a_node_failing_in_setup_stops_the_graph_with_its_error_and_is_not_restarted(tmp_path):
+    raw = chain(tmp_path / "sink.jsonl", count=5, sink={"out": str(tmp_path / "missing-dir" / "sink.jsonl")})
+    executor = ZmqExecutor(build_graph(raw, "test.yaml"))
+    with pytest.raises(GraphFailed, match="node sink failed in setup.*FileNotFoundError.*missing-dir"):
+        executor.run(max_seconds=60)
+    assert executor.children["sink"].restarts == 0
+    assert segments_with_prefix(executor.shm_prefix) == [] and not executor.run_dir.exists()
 
 
 def test_sigterm_stops_every_process_and_leaks_nothing(tmp_path):
