@@ -58,8 +58,9 @@ class ActionExpertConfig:
     # --- guidance (Bridge Thinking and Acting) ---
     guidance_noise_scale: float = 0.1  # std of Gaussian noise on the normalized guidance, training only
     lookahead_m: float = 0.05  # distance along the dense path from the ee projection to the guidance point
-    reach_tolerance_m: float = 0.01  # a waypoint counts as reached when the ee is this close
+    reach_tolerance_m: float = 0.006  # a waypoint counts as reached this close (demos settle within 4 mm)
     path_resolution_m: float = 0.005  # spacing of the densified B-spline path
+    spline_degree: int = 1  # 1 follows the demos' straight screw motions; 3 for smooth free-form plans
 
     @property
     def global_cond_dim(self) -> int:

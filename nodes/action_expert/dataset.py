@@ -12,6 +12,7 @@ points as base-frame offsets from the ee position, guidance from `guidance.episo
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,19 +55,22 @@ class Episode:
     name: str
 
 
+def _make_demos_hint(data_dir: Path) -> str:
+    task = data_dir.name if data_dir.name.endswith(("-v0", "-v1")) else "PickCube-v1"
+    return f"make it with `{_DEMOS_COMMAND.format(task=task)}`"
+
+
 def demo_files(data_dir: Path) -> list[Path]:
-    """The episode files of one demo directory; a missing or empty one names the command that makes it."""
+    """The successful episodes that `meta.json` lists (the generator's contract: a listed file is
+    complete, so a directory still being written is read safely); a missing or empty directory names
+    the command that makes it."""
     data_dir = Path(data_dir)
-    files = sorted(data_dir.glob("episode_*.npz")) if data_dir.is_dir() else []
-    if not files:
-        task = data_dir.name if data_dir.name.endswith(("-v0", "-v1")) else "PickCube-v1"
-        state = "holds no episode_*.npz files" if data_dir.is_dir() else "does not exist"
-        raise MissingDemosError(
-            f"demo directory {data_dir} {state}; make it with `{_DEMOS_COMMAND.format(task=task)}`"
-        )
-    if not (data_dir / "meta.json").is_file():
-        raise MissingDemosError(f"demo directory {data_dir} has episodes but no meta.json (an unfinished run?)")
-    return files
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        state = "has no meta.json" if data_dir.is_dir() else "does not exist"
+        raise MissingDemosError(f"demo directory {data_dir} {state}; {_make_demos_hint(data_dir)}")
+    episodes = json.loads(meta_path.read_text()).get("episodes", [])
+    return [data_dir / e["file"] for e in episodes if e.get("success") and e.get("file")]
 
 
 def load_episode(path: Path, config: ActionExpertConfig, *, load_point_cloud: bool) -> Episode:
@@ -79,6 +83,7 @@ def load_episode(path: Path, config: ActionExpertConfig, *, load_point_cloud: bo
             lookahead_m=config.lookahead_m,
             reach_tolerance_m=config.reach_tolerance_m,
             resolution_m=config.path_resolution_m,
+            spline_degree=config.spline_degree,
         )
         points_base = None
         if load_point_cloud:
@@ -93,20 +98,17 @@ def load_episode(path: Path, config: ActionExpertConfig, *, load_point_cloud: bo
         )
 
 
-def load_episodes(
-    data_dirs: list[Path], config: ActionExpertConfig, *, load_point_cloud: bool, success_only: bool = True
-) -> list[Episode]:
-    """All episodes of all directories (failed demos skipped unless `success_only` is False)."""
-    episodes = []
-    for data_dir in data_dirs:
-        for path in demo_files(Path(data_dir)):
-            if success_only:
-                with np.load(path) as data:
-                    if not bool(data["success"]):
-                        continue
-            episodes.append(load_episode(path, config, load_point_cloud=load_point_cloud))
+def load_episodes(data_dirs: list[Path], config: ActionExpertConfig, *, load_point_cloud: bool) -> list[Episode]:
+    """All successful episodes of all directories."""
+    episodes = [
+        load_episode(path, config, load_point_cloud=load_point_cloud)
+        for data_dir in data_dirs
+        for path in demo_files(Path(data_dir))
+    ]
     if not episodes:
-        raise MissingDemosError(f"no successful demos in {', '.join(map(str, data_dirs))}")
+        raise MissingDemosError(
+            f"no successful demos in {', '.join(map(str, data_dirs))}; {_make_demos_hint(Path(data_dirs[0]))}"
+        )
     return episodes
 
 

@@ -45,6 +45,18 @@ class PointNetEncoderXYZ(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.projection = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
 
+    @torch.no_grad()
+    def silence(self) -> None:
+        """Zero the final LayerNorm's affine, so the encoder outputs zeros until training moves it.
+
+        Stage 2 starts from a network that saw zeros in the point slot; a silenced encoder keeps its
+        actions unchanged at the first step (ControlNet's zero-initialised branch) instead of
+        perturbing them with random features.
+        """
+        norm = self.projection[1]
+        norm.weight.zero_()
+        norm.bias.zero_()
+
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         x = self.mlp(points)  # (B, P, C)
         x = x.max(dim=-2).values  # (B, C)

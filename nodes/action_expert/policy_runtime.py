@@ -119,6 +119,7 @@ class ActionExpertRuntime:
                     lookahead_m=cfg.lookahead_m,
                     reach_tolerance_m=cfg.reach_tolerance_m,
                     resolution_m=cfg.path_resolution_m,
+                    spline_degree=cfg.spline_degree,
                 )
             else:
                 self._tracker.replace_waypoints(self._pending_waypoints, ee_pose)
@@ -137,8 +138,14 @@ class ActionExpertRuntime:
         return (points_base - ee_pose[:3].astype(np.float32)).astype(np.float32)
 
 
-def load_policy(path: str | Path, *, device: str = "auto", seed: int = 0) -> ActionExpertRuntime:
-    """Load a checkpoint written by `groundloop train action-expert`; a missing file names that command."""
+def load_policy(path: str | Path, *, device: str = "auto", seed: int = 0, threads: int | None = None) -> ActionExpertRuntime:
+    """Load a checkpoint written by `groundloop train action-expert`; a missing file names that command.
+
+    `threads` sets torch's CPU threads for the whole process: 1 when the simulator or other nodes share
+    a two-core machine (two OpenMP threads that must wait for a busy core make p95 several times worse).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     policy, _meta = load_policy_checkpoint(Path(path), device=device)
     return ActionExpertRuntime(policy, seed=seed)
 
@@ -171,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    runtime = load_policy(args.checkpoint, device=args.device)
+    runtime = load_policy(args.checkpoint, device=args.device, threads=args.threads)
     print(json.dumps({"threads": args.threads, "device": str(runtime.device), **measure_latency(runtime, runs=args.runs)}))
     return 0
 

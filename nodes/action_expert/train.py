@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from nodes.action_expert.checkpoint import atomic_save, resolve_device, save_policy
 from nodes.action_expert.config import ActionExpertConfig
-from nodes.action_expert.dataset import DemoDataset, Episode, load_episodes
+from nodes.action_expert.dataset import DemoDataset, Episode, MissingDemosError, load_episodes
 from nodes.action_expert.model import ActionExpertPolicy
 from nodes.action_expert.normalizer import LinearNormalizer
 
@@ -41,8 +42,8 @@ class TrainOptions:
     data_dirs: list[Path]
     out: Path
     ckpt_dir: Path | None = None  # default: runs/action_expert/<out stem>
-    stage1_steps: int = 20_000
-    stage2_steps: int = 10_000
+    stage1_steps: int = 8_000
+    stage2_steps: int = 4_000
     stage1_batch_size: int = 256
     stage2_batch_size: int = 64
     lr: float = 1e-4
@@ -137,8 +138,6 @@ def train_action_expert(options: TrainOptions, config: ActionExpertConfig) -> di
     """Run both stages (either may have 0 steps); returns a summary with each stage's loss curve."""
     device = resolve_device(options.device)
     torch.set_num_threads(options.threads)
-    run_dir = options.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_state(options)
     if resume is not None:
         config = ActionExpertConfig.from_dict(resume["config"])  # the run's network wins over CLI flags
@@ -147,6 +146,7 @@ def train_action_expert(options: TrainOptions, config: ActionExpertConfig) -> di
     use_points = options.stage2_steps > 0
     episodes = load_episodes(options.data_dirs, config, load_point_cloud=use_points)
     train_eps, val_eps = _split_episodes(episodes, options.val_fraction, options.seed)
+    options.run_dir.mkdir(parents=True, exist_ok=True)
     if resume is not None:
         normalizer = LinearNormalizer.from_state_dict(resume["normalizer"])
     else:
@@ -196,6 +196,8 @@ def _run_stage(
     policy = ActionExpertPolicy(config, normalizer).to(device)
     if init_weights is not None:
         policy.load_state_dict(init_weights)  # stage 1's EMA weights: the point slot was zeros, the shapes match
+        if config.use_point_cloud and resume is None:
+            policy.obs_encoder.point_encoder.silence()  # stage 2 begins exactly where stage 1 ended
     optimizer = torch.optim.AdamW(
         policy.parameters(), lr=options.lr, betas=options.betas, weight_decay=options.weight_decay
     )
@@ -287,7 +289,11 @@ def _options_from_args(args: argparse.Namespace) -> tuple[TrainOptions, ActionEx
 
 def _run_from_args(args: argparse.Namespace) -> int:
     options, config = _options_from_args(args)
-    summary = train_action_expert(options, config)
+    try:
+        summary = train_action_expert(options, config)
+    except MissingDemosError as exc:  # a setup mistake, not a crash: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finals = {stage: curve[-1] for stage, curve in summary["stages"].items() if curve}
     print(json.dumps({"out": str(options.out), "episodes": summary["episodes"], "final": finals}))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.transform import Rotation
 
 from nodes.action_expert.config import ActionExpertConfig
@@ -95,10 +96,25 @@ def _episode(seed: int) -> dict[str, np.ndarray]:
 def write_demos(directory: Path, seeds: list[int]) -> Path:
     """Write synthetic episodes and a meta.json the way `groundloop sim demos` lays them out."""
     directory.mkdir(parents=True, exist_ok=True)
+    entries = []
     for seed in seeds:
-        np.savez_compressed(directory / f"episode_{seed:06d}.npz", **_episode(seed))
-    (directory / "meta.json").write_text(json.dumps({"task": "PickCube-v1", "synthetic": True, "seeds": seeds}))
+        episode = _episode(seed)
+        np.savez(directory / f"episode_{seed:06d}.npz", **episode)
+        entries.append({"seed": seed, "status": "success", "success": True, "length": len(episode["action"]),
+                        "file": f"episode_{seed:06d}.npz"})
+    entries.append({"seed": len(seeds), "status": "plan_failed", "success": False, "length": 3, "file": None})
+    (directory / "meta.json").write_text(json.dumps({"task": "PickCube-v1", "episodes": entries}))
     return directory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and OpenMP's spinning threads slow tenfold when
+    another process holds a core of a two-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

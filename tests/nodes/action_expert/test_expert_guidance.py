@@ -54,16 +54,19 @@ def test_waypoints_camera_to_base_uses_the_extrinsics():
     assert wp_base[0, 7] == 1.0
 
 
-def test_dense_path_passes_through_the_waypoints():
+@pytest.mark.parametrize("degree", [1, 3])
+def test_dense_path_passes_through_the_waypoints(degree: int):
     wps = np.array([[0.1, 0.0, 0.2], [0.1, 0.0, 0.05], [0.1, 0.0, 0.2], [0.0, 0.2, 0.3]])
-    path = DensePath(wps, start_xyz=np.array([0.0, 0.0, 0.3]), resolution_m=0.005)
+    path = DensePath(wps, start_xyz=np.array([0.0, 0.0, 0.3]), resolution_m=0.005, degree=degree)
     for xyz, s in zip(wps, path.waypoint_arc):
         np.testing.assert_allclose(path.point_at(s), xyz, atol=2e-3)
     assert np.all(np.diff(path.waypoint_arc) > 0)
+    if degree == 1:  # straight segments: pre-grasp → grasp never dips below the grasp
+        assert path.xyz[:, 2].min() >= 0.05 - 1e-9
 
 
 def test_lookahead_on_a_straight_segment_and_clipped_at_the_waypoint():
-    path = DensePath(np.array([[0.0, 0.0, 0.0]]), start_xyz=np.array([0.0, 0.0, 0.3]), resolution_m=0.005)
+    path = DensePath(np.array([[0.0, 0.0, 0.0]]), start_xyz=np.array([0.0, 0.0, 0.3]), resolution_m=0.005, degree=1)
     np.testing.assert_allclose(path.lookahead_point(np.array([0.0, 0.0, 0.2]), 0, 0.05), [0, 0, 0.15], atol=1e-3)
     np.testing.assert_allclose(path.lookahead_point(np.array([0.0, 0.0, 0.02]), 0, 0.05), [0, 0, 0.0], atol=1e-3)
 
@@ -71,7 +74,7 @@ def test_lookahead_on_a_straight_segment_and_clipped_at_the_waypoint():
 def test_tracker_advances_only_when_a_waypoint_is_reached():
     wps = np.array([[0.0, 0.0, 0.2, *DOWN, 1.0], [0.0, 0.0, 0.1, *DOWN, -1.0], [0.1, 0.0, 0.2, *DOWN, -1.0]])
     tracker = GuidanceTracker(wps, np.array([0.0, 0.0, 0.3, *DOWN]), lookahead_m=0.05, reach_tolerance_m=0.01,
-                              resolution_m=0.005)
+                              resolution_m=0.005, spline_degree=1)
     g = tracker.update(np.array([0.0, 0.0, 0.3, *DOWN]))
     assert tracker.target_index == 0 and g[9] == 1.0
     tracker.update(np.array([0.0, 0.0, 0.205, *DOWN]))
@@ -87,7 +90,8 @@ def test_tracker_advances_only_when_a_waypoint_is_reached():
 def test_episode_guidance_labels_every_step():
     ee = np.array([[0.0, 0.0, z, *DOWN] for z in np.linspace(0.3, 0.1, 21)])
     wps = np.array([[0.0, 0.0, 0.2, *DOWN, 1.0], [0.0, 0.0, 0.1, *DOWN, -1.0]])
-    g, target = episode_guidance(ee, wps, lookahead_m=0.05, reach_tolerance_m=0.005, resolution_m=0.005)
+    g, target = episode_guidance(ee, wps, lookahead_m=0.05, reach_tolerance_m=0.005, resolution_m=0.005,
+                                 spline_degree=3)
     assert g.shape == (21, 10) and g.dtype == np.float32
     assert target[0] == 0 and target[-1] == 1 and np.all(np.diff(target) >= 0)
     np.testing.assert_allclose(g[-1, 3:6], 0.0, atol=1e-6)

@@ -75,6 +75,16 @@ def test_stage1_and_baseline_ignore_their_disabled_inputs(tiny_config: ActionExp
     torch.testing.assert_close(policy.predict_action(obs, generator=gen()), a)
 
 
+def test_stage2_starts_where_stage1_ended(tiny_config: ActionExpertConfig, demo_dir: Path):
+    stage2, dataset = _policy(tiny_config, demo_dir)
+    stage1 = ActionExpertPolicy(dataclasses.replace(tiny_config, use_point_cloud=False), stage2.normalizer)
+    stage2.load_state_dict(stage1.state_dict())
+    stage2.obs_encoder.point_encoder.silence()
+    obs = {k: v[None] for k, v in dataset[7].items() if k != "action"}
+    expected = stage1.eval().predict_action(obs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(stage2.eval().predict_action(obs, generator=torch.Generator().manual_seed(0)), expected)
+
+
 def test_default_network_fits_the_shipping_budget():
     config = ActionExpertConfig()
     norm = LinearNormalizer().fit({k: np.zeros((2, d)) for k, d in

@@ -82,7 +82,9 @@ def test_missing_checkpoint_names_the_path_and_the_training_command(tmp_path: Pa
         load_policy(path)
 
 
-def test_cli_reports_a_missing_data_dir(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="groundloop sim demos --task PickCube-v1 -n 200"):
-        main(["action-expert", "--data", str(tmp_path / "PickCube-v1"), "--out", str(tmp_path / "x.pt"),
-              "--ckpt-dir", str(tmp_path / "run"), "--no-progress"])
+def test_cli_reports_a_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture):
+    code = main(["action-expert", "--data", str(tmp_path / "PickCube-v1"), "--out", str(tmp_path / "x.pt"),
+                 "--ckpt-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(tmp_path / "PickCube-v1") in err and "groundloop sim demos --task PickCube-v1 -n 200" in err
