@@ -31,11 +31,13 @@ class NodeMetrics:
         self.restarts = 0
         self.counters: dict[str, int] = defaultdict(int)  # node-specific: clamps, holds, ...
         self._latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._port_latency_s: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=LATENCY_WINDOW))
         self._tick_latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def record_handler(self, port: str, seconds: float) -> None:
         self.handled[port] += 1
         self._latency_s.append(seconds)
+        self._port_latency_s[port].append(seconds)
 
     def record_tick(self, seconds: float) -> None:
         self._tick_latency_s.append(seconds)
@@ -46,8 +48,7 @@ class NodeMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        latencies = np.asarray(self._latency_s or self._tick_latency_s, dtype=np.float64)
-        p50, p95 = (np.percentile(latencies, [50, 95]) * 1e3).tolist() if latencies.size else (0.0, 0.0)
+        p50, p95 = _percentiles_ms(self._latency_s or self._tick_latency_s)
         return {
             "node": self.node_id,
             "elapsed_s": elapsed,
@@ -57,6 +58,8 @@ class NodeMetrics:
             "emitted": dict(self.emitted),
             "latency_ms_p50": p50,
             "latency_ms_p95": p95,
+            "latency_ms_by_port": {port: dict(zip(("p50", "p95"), _percentiles_ms(window)))
+                                   for port, window in self._port_latency_s.items()},
             "queue_depth": dict(self.queue_depth),
             "max_queue_depth": dict(self.max_queue_depth),
             "drops": dict(self.drops),
@@ -67,6 +70,11 @@ class NodeMetrics:
             "restarts": self.restarts,
             "counters": dict(self.counters),
         }
+
+
+def _percentiles_ms(window: deque[float]) -> tuple[float, float]:
+    values = np.asarray(window, dtype=np.float64)
+    return tuple((np.percentile(values, [50, 95]) * 1e3).tolist()) if values.size else (0.0, 0.0)
 
 
 def format_table(snapshots: list[dict[str, Any]]) -> str:
