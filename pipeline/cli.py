@@ -19,6 +19,7 @@ from pipeline.zmq_executor import GraphFailed
 COMMAND_ENTRY_POINT_GROUP = "groundloop.commands"
 TRAIN_ENTRY_POINT_GROUP = "groundloop.train"  # `groundloop train <model>`
 EXECUTORS = ("inproc", "zmq")
+BUILTIN_COMMANDS = ("run", "validate", "graph", "keys")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,7 +68,9 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The CLI; `with_plugins=False` leaves out the commands of other packages (their imports — torch,
+    ManiSkill — cost seconds that `run`, `validate`, `graph` and `keys` do not need)."""
     parser = argparse.ArgumentParser(prog="groundloop", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("directory")
     keys.set_defaults(func=_keys)
 
+    if not with_plugins:
+        return parser
     for entry in sorted(entry_points(group=COMMAND_ENTRY_POINT_GROUP), key=lambda e: e.name):
         entry.load()(commands)
     trainers = sorted(entry_points(group=TRAIN_ENTRY_POINT_GROUP), key=lambda e: e.name)
@@ -108,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(with_plugins=command not in BUILTIN_COMMANDS).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.action_expert.policy_runtime import ActionExpertRuntime, load_policy
 from pipeline.messages import ActionChunk, PointCloud, RobotState, Waypoints
 from pipeline.node import Node
 
@@ -33,11 +32,13 @@ class ActionExpert(Node):
     outputs = {"actions": ActionChunk}
 
     def setup(self) -> None:
-        if self.params.num_threads is not None:
-            import torch
+        import torch  # here, not at import: loading a graph should not cost a torch import
 
+        from nodes.action_expert.policy_runtime import load_policy
+
+        if self.params.num_threads is not None:
             torch.set_num_threads(self.params.num_threads)
-        self.runtime: ActionExpertRuntime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
+        self.runtime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
         self.guided = self.runtime.config.use_guidance
         self.episode = 0
         self.state: RobotState | None = None
