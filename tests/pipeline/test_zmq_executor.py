@@ -88,28 +88,30 @@ def test_queue_loses_nothing_under_a_slow_consumer_and_bounds_its_depth(tmp_path
     assert metrics["double"]["emitted"]["scaled"] == 80
 
 
-def _kill_when_running(node_id: str, after_s: float, killed: list) -> None:
-    deadline = time.monotonic() + 30
-    time.sleep(after_s)
-    while time.monotonic() < deadline and not killed:
-        for process in psutil.process_iter(["cmdline"]):
-            cmdline = process.info["cmdline"] or []
-            if "pipeline.zmq_worker" in cmdline and node_id in cmdline:
-                os.kill(process.pid, signal.SIGKILL)
-                killed.append(process.pid)
-                return
-        time.sleep(0.05)
+def _kill_mid_stream(node_id: str, sink_file, after_values: int, killed: list) -> None:
+    """SIGKILL the node's process once the sink has seen `after_values` messages: surely mid-stream."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = len(sink_file.read_text().splitlines()) if sink_file.exists() else 0
+        if seen >= after_values:
+            for process in psutil.Process().children(recursive=True):  # this test's own run only
+                cmdline = process.cmdline()
+                if "pipeline.zmq_worker" in cmdline and node_id in cmdline:
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed.append(seen)
+                    return
+        time.sleep(0.02)
 
 
 def test_kill_9_of_a_node_mid_stream_restarts_it_and_nothing_is_lost_or_doubled(tmp_path):
     out = tmp_path / "sink.jsonl"
-    raw = chain(out, count=300, period_s=0.005, payload_bytes=200_000)
+    raw = chain(out, count=300, period_s=0.01, payload_bytes=200_000)
     killed: list = []
-    killer = threading.Thread(target=_kill_when_running, args=("double", 0.8, killed))
+    killer = threading.Thread(target=_kill_mid_stream, args=("double", out, 100, killed))
     killer.start()
     metrics = run_zmq(raw)
     killer.join()
-    assert killed, "the test did not manage to kill the node"
+    assert killed and killed[0] < 2 * 300, "the test did not manage to kill the node mid-stream"
     values, blobs = read_sink(out)
     assert values == [2 * i for i in range(300)]  # at-least-once + de-duplication = exactly once
     assert len(blobs) == 300
@@ -150,13 +152,18 @@ def test_sigterm_stops_every_process_and_leaks_nothing(tmp_path):
     before = set(segments_with_prefix("gl-"))
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cli = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(graph_path), "--executor", "zmq"], env=env)
-    deadline = time.monotonic() + 60  # a loaded machine may take a while to start three Python processes
-    while len(children := psutil.Process(cli.pid).children(recursive=True)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(children) >= 3
-    time.sleep(2)  # let messages flow
-    cli.send_signal(signal.SIGTERM)
-    assert cli.wait(timeout=30) == 0
+    try:
+        deadline = time.monotonic() + 60  # a loaded machine may take a while to start three Python processes
+        while len(children := psutil.Process(cli.pid).children(recursive=True)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(children) >= 3
+        time.sleep(2)  # let messages flow
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=30) == 0
+    finally:
+        if cli.poll() is None:  # a failed assertion must not leave a graph running
+            cli.kill()
+            cli.wait()
     time.sleep(0.2)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not [name for name in set(segments_with_prefix("gl-")) - before if "-counter-blob-" in name]
