@@ -145,7 +145,8 @@ class Worker:
             except (CodecError, ValueError) as exc:
                 self.runner.metrics.codec_errors += 1
                 log.error("node %s: dropped a bad message on %s (seq %d): %s", self.node_id, edge_id, seq, exc)
-                self.subscriber.ack(edge_id, processed=seq)  # never redeliver garbage
+                # done with it, but acknowledged in order: earlier inputs may still await their commit
+                self.uncommitted.append((edge_id, seq, dict(self.runner.out_seq)))
                 continue
             self.runner.offer(self.edge_to_port[edge_id], message)
         for edge_id in touched & self.latest_edges:  # lossless edges are acknowledged when committed
