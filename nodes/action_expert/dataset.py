@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 
 from nodes.action_expert.config import ActionExpertConfig
 from nodes.action_expert.guidance import episode_guidance
+from nodes.action_expert.pack import is_pack, read_pack
 
 _DEMOS_COMMAND = "groundloop sim demos --task {task} -n 200"
 
@@ -74,40 +76,51 @@ def demo_files(data_dir: Path) -> list[Path]:
 
 
 def load_episode(path: Path, config: ActionExpertConfig, *, load_point_cloud: bool) -> Episode:
-    """Read one npz and derive state, guidance and (optionally) base-frame points."""
+    """Read one episode npz of a demo directory."""
     with np.load(path) as data:
-        ee_pose = data["ee_pose"].astype(np.float64)  # (T, 7)
-        guidance, _ = episode_guidance(
-            ee_pose,
-            data["waypoints_base"],
-            lookahead_m=config.lookahead_m,
-            reach_tolerance_m=config.reach_tolerance_m,
-            resolution_m=config.path_resolution_m,
-            spline_degree=config.spline_degree,
-        )
-        points_base = None
-        if load_point_cloud:
-            points_base = cloud_camera_to_base(data["cloud_xyz"], data["T_base_camera"])  # (T, N, 3)
-        return Episode(
-            state=build_state(ee_pose, data["gripper"]),
-            guidance=guidance,
-            action=data["action"].astype(np.float32),
-            ee_xyz=ee_pose[:, :3].astype(np.float32),
-            points_base=points_base,
-            name=f"{path.parent.name}/{path.stem}",
-        )
+        return episode_from_arrays(data, f"{path.parent.name}/{path.stem}", config, load_point_cloud=load_point_cloud)
 
 
-def load_episodes(data_dirs: list[Path], config: ActionExpertConfig, *, load_point_cloud: bool) -> list[Episode]:
-    """All successful episodes of all directories."""
-    episodes = [
-        load_episode(path, config, load_point_cloud=load_point_cloud)
-        for data_dir in data_dirs
-        for path in demo_files(Path(data_dir))
-    ]
+def episode_from_arrays(
+    data: Mapping[str, np.ndarray], name: str, config: ActionExpertConfig, *, load_point_cloud: bool
+) -> Episode:
+    """Derive state, guidance and (optionally) base-frame points from an episode's arrays."""
+    ee_pose = np.asarray(data["ee_pose"], dtype=np.float64)  # (T, 7)
+    guidance, _ = episode_guidance(
+        ee_pose,
+        data["waypoints_base"],
+        lookahead_m=config.lookahead_m,
+        reach_tolerance_m=config.reach_tolerance_m,
+        resolution_m=config.path_resolution_m,
+        spline_degree=config.spline_degree,
+    )
+    points_base = None
+    if load_point_cloud:
+        points_base = cloud_camera_to_base(data["cloud_xyz"], data["T_base_camera"])  # (T, N, 3)
+    return Episode(
+        state=build_state(ee_pose, data["gripper"]),
+        guidance=guidance,
+        action=np.asarray(data["action"], dtype=np.float32),
+        ee_xyz=ee_pose[:, :3].astype(np.float32),
+        points_base=points_base,
+        name=name,
+    )
+
+
+def load_episodes(data_paths: list[Path], config: ActionExpertConfig, *, load_point_cloud: bool) -> list[Episode]:
+    """All successful episodes of all demo directories and packs (`nodes.action_expert.pack`)."""
+    episodes = []
+    for data_path in map(Path, data_paths):
+        if is_pack(data_path):
+            episodes += [
+                episode_from_arrays(arrays, name, config, load_point_cloud=load_point_cloud)
+                for name, arrays in read_pack(data_path)
+            ]
+        else:
+            episodes += [load_episode(path, config, load_point_cloud=load_point_cloud) for path in demo_files(data_path)]
     if not episodes:
         raise MissingDemosError(
-            f"no successful demos in {', '.join(map(str, data_dirs))}; {_make_demos_hint(Path(data_dirs[0]))}"
+            f"no successful demos in {', '.join(map(str, data_paths))}; {_make_demos_hint(Path(data_paths[0]))}"
         )
     return episodes
 
@@ -174,3 +187,60 @@ class DemoDataset(Dataset):
                 [self.episodes[e].points_base[t] - self.episodes[e].ee_xyz[t] for e, t in (frames[c] for c in chosen)]
             )
         return data
+
+
+class WindowSampler:
+    """Random training batches of the windows `DemoDataset` defines, drawn by tensor indexing on the
+    training device: a per-item Python loop cannot feed a GPU (or even two CPU cores) fast enough.
+
+    Windows are drawn with replacement; each observation step gets its own random point subset.
+    """
+
+    def __init__(self, dataset: DemoDataset, device: torch.device) -> None:
+        cfg, eps = dataset.config, dataset.episodes
+        self.config, self.device, self.use_point_cloud = cfg, device, dataset.use_point_cloud
+        lengths = torch.tensor([len(ep.action) for ep in eps])
+        step_offset = torch.cumsum(lengths, 0) - lengths  # first row of each episode in the flat arrays
+        action_offset = torch.cumsum(lengths + 2, 0) - (lengths + 2)  # padded actions: one row each side
+        episode = torch.tensor([e for e, _ in dataset.index])
+        self._start = torch.tensor([start for _, start in dataset.index], device=device)  # (W,)
+        self._length = lengths[episode].to(device)
+        self._step_offset = step_offset[episode].to(device)
+        self._action_offset = action_offset[episode].to(device)
+        self._state = torch.from_numpy(np.concatenate([ep.state for ep in eps])).to(device)  # (ΣT, 8)
+        self._guidance = torch.from_numpy(np.concatenate([ep.guidance for ep in eps])).to(device)  # (ΣT, 10)
+        self._action = torch.from_numpy(np.concatenate(dataset._padded_actions)).to(device)  # (Σ(T+2), 7)
+        if self.use_point_cloud:
+            self._points = torch.from_numpy(np.concatenate([ep.points_base for ep in eps])).to(device)  # (ΣT, N, 3)
+            self._ee_xyz = torch.from_numpy(np.concatenate([ep.ee_xyz for ep in eps])).to(device)  # (ΣT, 3)
+        self._obs_range = torch.arange(cfg.n_obs_steps, device=device)
+        self._act_range = torch.arange(cfg.horizon, device=device)
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """A random batch: "state" (B, To, 8), "guidance" (B, To, 10), "action" (B, H, 7)[, "points" (B, To, P, 3)]."""
+        return self.windows(torch.randint(len(self), (batch_size,), device=self.device))
+
+    def windows(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The windows with indices `w` (B,), numbered as `DemoDataset` numbers them."""
+        start, last = self._start[w, None], self._length[w, None] - 1
+        obs_rows = torch.clamp(start + self._obs_range, min=0).minimum(last) + self._step_offset[w, None]  # (B, To)
+        act_rows = torch.clamp(start + self._act_range, min=-1).minimum(last + 1) + 1 + self._action_offset[w, None]
+        batch = {"state": self._state[obs_rows], "guidance": self._guidance[obs_rows], "action": self._action[act_rows]}
+        if self.use_point_cloud:
+            batch["points"] = self._sample_points(obs_rows)
+        return batch
+
+    def _sample_points(self, obs_rows: torch.Tensor) -> torch.Tensor:
+        """(B, To) flat step rows → (B, To, P, 3) points relative to each step's ee position."""
+        n_cloud, n_points = self._points.shape[1], self.config.n_points
+        clouds = self._points[obs_rows]  # (B, To, N, 3)
+        if n_cloud > n_points:  # a random subset, as DemoDataset and the runtime draw it
+            pick = torch.rand(clouds.shape[:3], device=self.device).argsort(dim=-1)[..., :n_points]  # (B, To, P)
+            clouds = torch.gather(clouds, 2, pick[..., None].expand(-1, -1, -1, 3))
+        elif n_cloud < n_points:  # too few: repeat points at random
+            pick = torch.randint(n_cloud, (*clouds.shape[:2], n_points), device=self.device)
+            clouds = torch.gather(clouds, 2, pick[..., None].expand(-1, -1, -1, 3))
+        return clouds - self._ee_xyz[obs_rows][:, :, None, :]

@@ -19,18 +19,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nodes.action_expert.checkpoint import atomic_save, resolve_device, save_policy
 from nodes.action_expert.config import ActionExpertConfig
-from nodes.action_expert.dataset import DemoDataset, Episode, MissingDemosError, load_episodes
+from nodes.action_expert.dataset import DemoDataset, Episode, MissingDemosError, WindowSampler, load_episodes
 from nodes.action_expert.model import ActionExpertPolicy
 from nodes.action_expert.normalizer import LinearNormalizer
 
@@ -58,7 +57,6 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     threads: int = 2
-    num_workers: int = 0
     resume: bool = False
     progress: bool = True
 
@@ -80,22 +78,6 @@ def _split_episodes(episodes: list[Episode], val_fraction: float, seed: int) -> 
     val = [episodes[i] for i in order[:n_val]]
     train = [episodes[i] for i in order[n_val:]]
     return train, val
-
-
-def _batches(dataset: DemoDataset, batch_size: int, options: TrainOptions, device: torch.device) -> Iterator[dict]:
-    """Endless shuffled batches, already on `device`."""
-    loader = DataLoader(
-        dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=options.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=options.num_workers > 0,
-    )
-    while True:
-        for batch in loader:
-            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _fixed_batch(dataset: DemoDataset, size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -204,7 +186,9 @@ def _run_stage(
     lr_scheduler = get_scheduler(
         "cosine", optimizer, num_warmup_steps=min(options.warmup_steps, steps // 10), num_training_steps=steps
     )
-    ema = EMAModel(policy.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=options.ema_power)
+    ema = EMAModel(
+        policy.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=options.ema_power, foreach=True
+    )
     step, curve = 0, []
     if resume is not None:
         policy.load_state_dict(resume["model"])
@@ -215,9 +199,8 @@ def _run_stage(
         torch.set_rng_state(resume["torch_rng"])
     ema.to(device)
 
-    train_set = DemoDataset(train_eps, config, use_point_cloud=config.use_point_cloud)
+    sampler = WindowSampler(DemoDataset(train_eps, config, use_point_cloud=config.use_point_cloud), device)
     val_batch = _fixed_batch(DemoDataset(val_eps, config, use_point_cloud=config.use_point_cloud), 256, options.seed) if val_eps else None
-    batches = _batches(train_set, batch_size, options, device)
     out_path = options.out if is_last else options.run_dir / f"stage{stage}.pt"
 
     def save(final: bool) -> None:
@@ -244,17 +227,17 @@ def _run_stage(
     started, window = time.monotonic(), []
     bar = tqdm(total=steps, initial=step, desc=f"stage {stage}", disable=not options.progress, dynamic_ncols=True)
     while step < steps:
-        loss = policy.compute_loss(next(batches))
+        loss = policy.compute_loss(sampler.sample(batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         lr_scheduler.step()
         ema.step(policy.parameters())
         step += 1
-        window.append(loss.item())
+        window.append(loss.detach())  # no GPU sync per step
         bar.update(1)
         if step % options.log_every == 0 or step == steps:
-            row = {"stage": stage, "step": step, "loss": float(np.mean(window)), "lr": lr_scheduler.get_last_lr()[0],
+            row = {"stage": stage, "step": step, "loss": torch.stack(window).mean().item(), "lr": lr_scheduler.get_last_lr()[0],
                    "elapsed_s": round(time.monotonic() - started, 1)}
             window = []
             if val_batch is not None and (step % options.eval_every == 0 or step == steps):
@@ -280,7 +263,7 @@ def _options_from_args(args: argparse.Namespace) -> tuple[TrainOptions, ActionEx
         ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
         stage1_batch_size=args.stage1_batch_size, stage2_batch_size=args.stage2_batch_size,
-        lr=args.lr, seed=args.seed, device=args.device, threads=args.threads, num_workers=args.num_workers,
+        lr=args.lr, seed=args.seed, device=args.device, threads=args.threads,
         log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         resume=args.resume, progress=not args.no_progress,
     )
@@ -303,7 +286,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `action-expert` to the `train` command's sub-parsers (`groundloop train action-expert ...`)."""
     defaults = TrainOptions(data_dirs=[], out=Path())
     p = subparsers.add_parser("action-expert", help="train the waypoint-guided point-cloud diffusion action expert")
-    p.add_argument("--data", action="append", required=True, help="demo directory (repeat for several tasks)")
+    p.add_argument("--data", action="append", required=True, help="demo directory or pack (repeat for several tasks)")
     p.add_argument("--out", required=True, help="inference checkpoint to write, e.g. models/action_expert_pickcube.pt")
     p.add_argument("--ckpt-dir", help="resumable state and metrics (default runs/action_expert/<out stem>)")
     p.add_argument("--stage1-steps", type=int, default=defaults.stage1_steps, help="action pre-training, no point cloud")
@@ -316,7 +299,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--down-dims", type=int, nargs="+", default=list(ActionExpertConfig.down_dims))
     p.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
-    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--log-every", type=int, default=defaults.log_every)
     p.add_argument("--eval-every", type=int, default=defaults.eval_every)
