@@ -60,6 +60,7 @@ class RobotNode(Node):
         self.episode_started = 0.0
         self.video_frames: list[np.ndarray] = []
         self.results: list[dict[str, Any]] = []
+        self.last_extras: dict[str, Any] = {}
 
     def tick(self) -> bool | None:
         if self.running:
@@ -87,6 +88,7 @@ class RobotNode(Node):
         extras = observation.extras
         success = bool(extras.get("success", False))
         done = success or self.step >= self.params.max_episode_steps
+        self.last_extras = extras
         goal = extras.get("goal_pos")
         self.emit("state", RobotState(
             stamp_ns=observation.stamp_ns, frame_id="base", qpos=observation.qpos, qvel=observation.qvel,
@@ -106,7 +108,8 @@ class RobotNode(Node):
     def _finish_episode(self, success: bool) -> None:
         self.running = False
         result = {"episode": self.episode, "seed": self.params.seed + self.episode, "success": success,
-                  "steps": self.step, "seconds": time.monotonic() - self.episode_started}
+                  "steps": self.step, "seconds": time.monotonic() - self.episode_started,
+                  **_final_figures(self.last_extras)}
         self.results.append(result)
         self.count("episodes")
         self.count("successes", int(success))
@@ -140,3 +143,16 @@ def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int) -> Path:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def _final_figures(extras: dict[str, Any]) -> dict[str, Any]:
+    """What the robot reported at the episode's end that explains a failure: the task's evaluation
+    (ManiSkill's is_grasped, is_obj_placed, ...) and the target's distance to the goal."""
+    figures: dict[str, Any] = {}
+    if "evaluation" in extras:
+        figures["evaluation"] = dict(extras["evaluation"])
+    target, goal = extras.get("target_pose"), extras.get("goal_pos")
+    if target is not None and goal is not None:
+        figures["target_goal_distance_m"] = float(np.linalg.norm(np.asarray(target)[:3] - np.asarray(goal)[:3]))
+    return figures
+

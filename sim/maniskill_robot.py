@@ -231,13 +231,16 @@ class ManiSkillRobot(Robot):
 
     @property
     def task_info(self) -> dict[str, Any]:
-        """Goal and target (base frame), success and episode progress: the observation's `extras`."""
+        """Goal and target (base frame), success, the task's own evaluation (why an episode failed: e.g.
+        PickCube's is_grasped, is_obj_placed, is_robot_static) and episode progress: the observation's `extras`."""
+        evaluation = {name: float(value[0]) for name, value in self.env.evaluate().items() if value.numel() == 1}
         return {
             "task": self.spec.name,
             "target_name": self.spec.target_actor,
             "target_pose": self.world_to_base_pose(self.spec.target_pose_world(self.env)),
             "goal_pos": self.to_base(self.spec.goal_world(self.env)),
-            "success": self.is_success(),
+            "success": bool(evaluation["success"]),
+            "evaluation": evaluation,
             "elapsed_steps": int(self.env.elapsed_steps[0]),
             "truncated": self._truncated,
         }

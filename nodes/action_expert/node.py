@@ -23,6 +23,8 @@ class ActionExpertParams(BaseModel):
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     seed: int = 0
+    act_every: int = Field(1, ge=1, description="sample a new chunk every this many steps (1: every step, blended "
+                                                 "by the controller; n_action_steps: DP3's open-loop chunks)")
     control_mode: str = "pd_ee_delta_pose"
 
 
@@ -40,17 +42,21 @@ class ActionExpert(Node):
             torch.set_num_threads(self.params.num_threads)
         self.runtime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
         self.guided = self.runtime.config.use_guidance
+        if self.params.act_every > self.runtime.config.n_action_steps:
+            raise ValueError(f"act_every={self.params.act_every} leaves steps no chunk covers: this checkpoint "
+                             f"executes n_action_steps={self.runtime.config.n_action_steps}")
         self.episode = 0
         self.state: RobotState | None = None
         self.cloud: PointCloud | None = None
         self.have_waypoints = False
         self.plan_valid = True
         self.acted_step = -1
+        self.observed_step = -1
 
     def _new_episode(self, episode: int) -> None:
         if episode != self.episode:
             self.episode, self.state, self.cloud = episode, None, None
-            self.have_waypoints, self.plan_valid, self.acted_step = False, True, -1
+            self.have_waypoints, self.plan_valid, self.acted_step, self.observed_step = False, True, -1, -1
             self.runtime.reset()
 
     def on_state(self, msg: RobotState) -> None:
@@ -87,13 +93,20 @@ class ActionExpert(Node):
         if self.guided and not (self.have_waypoints and self.plan_valid):
             return
         try:
-            actions = self.runtime.act(ee_pose=state.ee_pose, gripper=state.gripper, cloud_xyz=cloud.xyz,
-                                       T_base_camera=cloud.T_base_frame)
+            if state.step != self.observed_step:
+                self.runtime.observe(ee_pose=state.ee_pose, gripper=state.gripper, cloud_xyz=cloud.xyz,
+                                     T_base_camera=cloud.T_base_frame)
+                self.observed_step = state.step
+            if self.acted_step >= 0 and state.step - self.acted_step < self.params.act_every:
+                return  # the last chunk still covers this step
+            actions = self.runtime.predict()
         except ValueError as exc:
             self.count("rejected_observations")
             self.log.error("step %d: refused the observation: %s", state.step, exc)
             return
         self.acted_step = state.step
+        self.log.debug("step %d: heading for waypoint %s, first action %s", state.step, self.runtime.target_index,
+                       np.round(actions[0], 3))
         stamps = state.stamp_ns + CONTROL_PERIOD_NS * np.arange(len(actions), dtype=np.int64)
         self.emit("actions", ActionChunk(actions=actions, stamps_ns=stamps, start_step=state.step, episode=state.episode,
                                          control_mode=self.params.control_mode, frame_id="base",

@@ -15,6 +15,7 @@ import json
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,15 +75,15 @@ class ActionExpertRuntime:
         T = _checked("T_base_camera", T_base_camera, (4, 4))
         self._pending_waypoints = waypoints_camera_to_base(waypoints, T)
 
-    def act(
+    def observe(
         self,
         *,
         ee_pose: np.ndarray,
         gripper: float,
         cloud_xyz: np.ndarray | None = None,
         T_base_camera: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One observation in → (n_action_steps, 7) pd_ee_delta_pose actions out (float32, action units).
+    ) -> None:
+        """Record one step's observation (and the waypoint progress it makes) without sampling.
 
         ee_pose: (7,) base frame xyz + quat wxyz; gripper: opening in [0, 1]; cloud_xyz: (N, 3) camera
         frame with T_base_camera (4, 4) camera → base, required when the expert uses point clouds.
@@ -100,12 +101,22 @@ class ActionExpertRuntime:
             self._buffer.extend([step] * cfg.n_obs_steps)  # first call: repeat, as the dataset pads episode starts
         else:
             self._buffer.append(step)
+
+    def predict(self) -> np.ndarray:
+        """(n_action_steps, 7) pd_ee_delta_pose actions (float32, action units) from the recorded observations."""
+        if not self._buffer:
+            raise ValueError("predict() before any observe()")
         obs = {
             key: torch.from_numpy(np.stack([s[key] for s in self._buffer])[None]).to(self.device)  # (1, To, ...)
-            for key in step
+            for key in self._buffer[-1]
         }
         actions = self.policy.predict_action(obs, generator=self._generator)  # (1, Na, 7)
         return actions[0].cpu().numpy().astype(np.float32)
+
+    def act(self, **observation: Any) -> np.ndarray:
+        """`observe` one step, then `predict`: one observation in → one action chunk out."""
+        self.observe(**observation)
+        return self.predict()
 
     def _guidance(self, ee_pose: np.ndarray) -> np.ndarray:
         cfg = self.config

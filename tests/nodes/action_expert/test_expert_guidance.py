@@ -87,6 +87,41 @@ def test_tracker_advances_only_when_a_waypoint_is_reached():
     assert tracker.target_index == 0
 
 
+
+def _descending_tracker() -> tuple[GuidanceTracker, np.ndarray]:
+    """Start 0.3 m up, pre-grasp at 0.2 m, grasp at 0.1 m, then aside: a pick's first segments."""
+    wps = np.array([[0.0, 0.0, 0.2, *DOWN, 1.0], [0.0, 0.0, 0.1, *DOWN, -1.0], [0.1, 0.0, 0.2, *DOWN, -1.0]])
+    return GuidanceTracker(wps, np.array([0.0, 0.0, 0.3, *DOWN]), lookahead_m=0.05, reach_tolerance_m=0.006,
+                           resolution_m=0.005, spline_degree=1, pass_radius_m=0.02, stall_steps=5,
+                           stall_motion_m=0.003), wps
+
+
+def test_tracker_moves_on_past_a_waypoint_it_missed_by_a_centimetre():
+    tracker, _ = _descending_tracker()
+    tracker.update(np.array([0.012, 0.0, 0.205, *DOWN]))  # 1.3 cm beside, still above: not there yet
+    assert tracker.target_index == 0
+    tracker.update(np.array([0.012, 0.0, 0.195, *DOWN]))  # below the pre-grasp, 1.2 cm beside: passed
+    assert tracker.target_index == 1
+    far, _ = _descending_tracker()
+    far.update(np.array([0.05, 0.0, 0.19, *DOWN]))  # past it, but 5 cm away: not a pass
+    assert far.target_index == 0
+
+
+def test_tracker_moves_on_when_the_arm_stalls_near_the_waypoint():
+    tracker, _ = _descending_tracker()
+    tracker.update(np.array([0.0, 0.0, 0.2, *DOWN]))  # pre-grasp reached
+    stalled = np.array([0.0, 0.012, 0.112, *DOWN])  # stopped 1.7 cm from the grasp (the cube is in the way)
+    for _ in range(4):
+        tracker.update(stalled)
+    assert tracker.target_index == 1  # not yet: four still steps are not a stall
+    tracker.update(stalled + [0.001, 0, 0, 0, 0, 0, 0])
+    assert tracker.target_index == 2
+    moving, _ = _descending_tracker()
+    moving.update(np.array([0.0, 0.0, 0.2, *DOWN]))
+    for z in np.linspace(0.13, 0.115, 8):  # still approaching, 1.5–3 cm away: no stall
+        moving.update(np.array([0.0, 0.012, z, *DOWN]))
+    assert moving.target_index == 1
+
 def test_episode_guidance_labels_every_step():
     ee = np.array([[0.0, 0.0, z, *DOWN] for z in np.linspace(0.3, 0.1, 21)])
     wps = np.array([[0.0, 0.0, 0.2, *DOWN, 1.0], [0.0, 0.0, 0.1, *DOWN, -1.0]])

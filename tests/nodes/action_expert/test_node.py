@@ -70,3 +70,20 @@ def test_invalid_plans_and_nan_points_give_no_motion(checkpoint):
 def test_a_missing_checkpoint_names_the_training_command(tmp_path):
     with pytest.raises(MissingCheckpointError, match="groundloop train action-expert"):
         NodeHarness(ActionExpert, {"checkpoint": str(tmp_path / "none.pt")}).setup()
+
+
+def test_act_every_samples_a_chunk_every_n_steps_and_observes_the_rest(checkpoint):
+    harness = NodeHarness(ActionExpert, {"checkpoint": str(checkpoint), "device": "cpu", "act_every": 3})
+    inputs = [TimedInput(0.0, "waypoints", _plan())]
+    for step in range(5):
+        state, cloud = _inputs(step)
+        inputs += [TimedInput(0.01 * (2 * step + 1), "state", state), TimedInput(0.01 * (2 * step + 2), "cloud", cloud)]
+    out = harness.run(inputs)
+    assert [o.message.start_step for o in out] == [0, 3]
+    # step 4 sampled nothing but went into the observation history the next chunk is conditioned on
+    assert harness.node.observed_step == 4 and harness.node.acted_step == 3
+
+
+def test_act_every_longer_than_a_chunk_is_refused(checkpoint):
+    with pytest.raises(ValueError, match="n_action_steps=8"):
+        NodeHarness(ActionExpert, {"checkpoint": str(checkpoint), "device": "cpu", "act_every": 9}).run([])
