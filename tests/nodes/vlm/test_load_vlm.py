@@ -1,0 +1,90 @@
+"""load_vlm: config specs checked by field, and the Hugging Face adapter on tiny random-weight checkpoints
+of the real architectures, loaded offline from a directory like a downloaded one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nodes.vlm import VlmAdapter, load_vlm
+from nodes.vlm.adapter import HfSpec, OpenAiSpec, parse_vlm_spec
+from nodes.vlm.hf import QWEN_IMAGE_PAD
+
+PROMPT = "Where is the red cube? Answer in JSON."
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({}, "exactly one of 'hf'"),
+    ({"hf": "a", "openai": "http://x/v1", "model": "m"}, "found hf and openai"),
+    ({"hf": ""}, "vlm.hf"),
+    ({"hf": "models/vlm", "dtype": "float64"}, "vlm.dtype"),
+    ({"hf": "models/vlm", "devise": "cpu"}, "vlm.devise"),
+    ({"openai": "http://127.0.0.1:8000/v1"}, "vlm.model"),
+    ({"openai": "ftp://host/v1", "model": "m"}, "vlm.openai"),
+    ({"openai": "http://host/v1", "model": "m", "timeout_s": 0}, "vlm.timeout_s"),
+    ("models/vlm", "expected a mapping"),
+])
+def test_a_wrong_spec_is_a_value_error_naming_the_field(spec, field):
+    with pytest.raises(ValueError, match=field):
+        load_vlm(spec)
+
+
+def test_a_good_spec_parses_without_loading_anything(tmp_path):
+    assert isinstance(parse_vlm_spec({"hf": str(tmp_path / "absent")}), HfSpec)  # a path is only checked at load
+    spec = parse_vlm_spec({"openai": "http://127.0.0.1:8000/v1/", "model": "qwen"})
+    assert isinstance(spec, OpenAiSpec) and spec.openai == "http://127.0.0.1:8000/v1"
+
+
+def test_a_missing_checkpoint_names_the_path_and_how_to_fetch_one(tmp_path):
+    missing = tmp_path / "models" / "vlm"
+    with pytest.raises(FileNotFoundError, match=rf"{missing}.*hf download"):
+        load_vlm({"hf": str(missing)})
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen_dir: Path) -> VlmAdapter:
+    return load_vlm({"hf": str(tiny_qwen_dir), "device": "cpu"})
+
+
+def test_qwen_samples_n_answers_repeatably_with_a_seed(qwen):
+    images = [rgb(48, 64)]
+    first = qwen.generate(images, PROMPT, max_new_tokens=4, n_samples=2, temperature=1.0, seed=7)
+    again = qwen.generate(images, PROMPT, max_new_tokens=4, n_samples=2, temperature=1.0, seed=7)
+    assert len(first) == 2 and all(isinstance(text, str) for text in first)
+    assert first == again
+
+
+def test_qwen_greedy_answers_are_identical(qwen):
+    answers = qwen.generate([rgb(48, 64)], PROMPT, max_new_tokens=4, n_samples=2)
+    assert len(answers) == 2 and answers[0] == answers[1]
+
+
+def test_qwen_image_pads_match_the_merged_patches(qwen):
+    batch = qwen.inputs.encode([rgb(48, 64), rgb(60, 40, seed=1)], PROMPT)
+    pad_id = qwen.inputs.tokenizer.convert_tokens_to_ids(QWEN_IMAGE_PAD)
+    merged = int((batch["image_grid_thw"].prod(-1) // qwen.inputs.image_processor.merge_size ** 2).sum())
+    assert int((batch["input_ids"] == pad_id).sum()) == merged > 0
+
+
+def test_qwen_without_a_chat_template_uses_the_qwen_chat_format(tiny_qwen_without_template_dir):
+    vlm = load_vlm({"hf": str(tiny_qwen_without_template_dir), "device": "cpu"})
+    text = vlm.inputs.chat_text(2, PROMPT)
+    assert text.startswith("<|im_start|>system") and text.count("<|vision_start|>") == 2
+    assert len(vlm.generate([rgb(48, 64), rgb(32, 32)], PROMPT, max_new_tokens=3, n_samples=2, temperature=0.7)) == 2
+
+
+def test_llava_samples_n_answers(tiny_llava_dir):
+    vlm = load_vlm({"hf": str(tiny_llava_dir), "device": "cpu", "dtype": "float32"})
+    answers = vlm.generate([rgb(48, 64)], PROMPT, max_new_tokens=4, n_samples=2, temperature=1.0, seed=3)
+    assert len(answers) == 2 and all(isinstance(text, str) for text in answers)
+    assert answers == vlm.generate([rgb(48, 64)], PROMPT, max_new_tokens=4, n_samples=2, temperature=1.0, seed=3)
+
+
+def test_bad_images_are_refused_by_name(qwen):
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        qwen.generate([np.zeros((8, 8), np.uint8)], PROMPT, max_new_tokens=2)
