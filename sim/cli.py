@@ -1,4 +1,4 @@
-"""`groundloop sim ...`: demo generation and the motion-planning oracle from the command line.
+"""`groundloop sim ...`: demo generation, the motion-planning oracle and shapes-world videos from the command line.
 
 `register(subparsers)` plugs the `sim` command group into the groundloop CLI (entry-point group
 `groundloop.commands`); `python -m sim.cli demos ...` runs the same commands on their own.
@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from sim.shapes_world.dataset import ALL, DEFAULT_QUESTIONS_PER_KIND, SPLITS
 from sim.tasks import PICK_CUBE, TASKS
 
 DEFAULT_DEMOS = 200
+DEFAULT_SHAPES_VIDEOS = 10
 
 
 def _demos(args: argparse.Namespace) -> int:
@@ -38,6 +40,17 @@ def _oracle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shapes_video(args: argparse.Namespace) -> int:
+    from sim.shapes_world.dataset import generate_dataset
+    from sim.shapes_world.scene import SceneConfig
+
+    config = SceneConfig(duration_s=args.minutes * 60.0, fps=args.fps, width=args.size, height=args.size)
+    report = generate_dataset(args.out, args.n, config, seed_start=args.seed, split=args.split,
+                              per_kind=args.questions_per_kind, progress=not args.no_progress)
+    print(f"shapes-world videos in {args.out}: {len(report['generated'])} written, {len(report['skipped'])} already there")
+    return 0
+
+
 def _add_task(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=PICK_CUBE, choices=sorted(TASKS), help="ManiSkill task")
 
@@ -59,10 +72,22 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     oracle.add_argument("--per-seed", action="store_true", help="include every seed's outcome")
     oracle.set_defaults(func=_oracle)
 
+    shapes = sub.add_parser("shapes-video", help="shapes-world QA videos: MP4s, JSON sidecars (timeline, questions), index.json")
+    shapes.add_argument("--out", required=True, help="output directory (finished videos in it are skipped)")
+    shapes.add_argument("-n", type=int, default=DEFAULT_SHAPES_VIDEOS, help="number of videos")
+    shapes.add_argument("--minutes", type=float, default=1.0, help="length of each video")
+    shapes.add_argument("--seed", type=int, default=0, help="first seed")
+    shapes.add_argument("--split", default=ALL, choices=(*SPLITS, ALL), help="only seeds of this split (every fifth seed is held out)")
+    shapes.add_argument("--fps", type=int, default=10)
+    shapes.add_argument("--size", type=int, default=224, help="width and height in pixels (even)")
+    shapes.add_argument("--questions-per-kind", type=int, default=DEFAULT_QUESTIONS_PER_KIND)
+    shapes.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    shapes.set_defaults(func=_shapes_video)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `sim` command group (demos, oracle) to a parent CLI."""
-    sim = subparsers.add_parser("sim", help="ManiSkill simulation: demos and the oracle")
+    """Add the `sim` command group (demos, oracle, shapes-video) to a parent CLI."""
+    sim = subparsers.add_parser("sim", help="simulation: ManiSkill demos and the oracle, shapes-world videos")
     _add_commands(sim.add_subparsers(dest="sim_command", required=True))
 
 
