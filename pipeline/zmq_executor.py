@@ -30,13 +30,16 @@ import zmq
 
 from pipeline.graph import Graph
 from pipeline.metrics import NodeMetrics
-from pipeline.zmq_worker import EXIT_SETUP_FAILED
+from pipeline.zmq_worker import EXIT_SETUP_FAILED, PHASE_RUNNING, PHASE_STARTING
 from streaming.shm import unlink_prefix
 
 log = logging.getLogger("groundloop.supervisor")
 
 SHUTDOWN_GRACE_S = 5.0
 HEARTBEAT_SILENCE_S = 10.0  # workers report every 0.5 s, from a thread, even inside a long setup()
+#: ... unless setup() sits in C code that holds the GIL (ManiSkill building its scene on a loaded
+#: machine), which starves that thread: a starting node gets this long before it counts as wedged
+STARTUP_SILENCE_S = 120.0
 PROTOCOL_IPC, PROTOCOL_TCP = "ipc", "tcp"
 
 
@@ -51,7 +54,7 @@ class _Child:
     incarnation: int = 0
     restarts: int = 0
     restart_at: float | None = None
-    phase: str = "starting"
+    phase: str = PHASE_STARTING
     started_at: float = 0.0
     last_report: float = 0.0
     loop_age_s: float = 0.0
@@ -119,7 +122,7 @@ class ZmqExecutor:
         command = [sys.executable, "-m", "pipeline.zmq_worker", "--plan", str(plan), "--node", child.node_id,
                    "--incarnation", f"{self.run_id}.{child.incarnation}", "--finished", ",".join(finished)]
         child.process = subprocess.Popen(command, env=env, start_new_session=True)
-        child.phase, child.started_at, child.last_report, child.restart_at = "starting", time.monotonic(), time.monotonic(), None
+        child.phase, child.started_at, child.last_report, child.restart_at = PHASE_STARTING, time.monotonic(), time.monotonic(), None
         child.loop_age_s = 0.0
 
     def _on_report(self, report: dict) -> None:
@@ -148,9 +151,10 @@ class ZmqExecutor:
             return
         spec = self.graph.nodes[child.node_id]
         if code is None:
-            hung = (spec.hang_timeout_s is not None and child.phase == "running" and child.loop_age_s > spec.hang_timeout_s)
-            slow = (spec.startup_timeout_s is not None and child.phase == "starting" and now - child.started_at > spec.startup_timeout_s)
-            silent = now - child.last_report > HEARTBEAT_SILENCE_S  # not even its heartbeat thread speaks: wedged
+            hung = (spec.hang_timeout_s is not None and child.phase == PHASE_RUNNING and child.loop_age_s > spec.hang_timeout_s)
+            slow = (spec.startup_timeout_s is not None and child.phase == PHASE_STARTING and now - child.started_at > spec.startup_timeout_s)
+            silence_limit = HEARTBEAT_SILENCE_S if child.phase == PHASE_RUNNING else STARTUP_SILENCE_S
+            silent = now - child.last_report > silence_limit  # not even its heartbeat thread speaks: wedged
             if hung or slow or silent:
                 log.error("node %s: %s; killing it", child.node_id, "hung" if hung else "setup too slow" if slow else "no heartbeat")
                 os.killpg(child.process.pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipeline.graph import build_graph
+from pipeline import zmq_executor
 from pipeline.inproc import InprocExecutor
 from pipeline.zmq_executor import GraphFailed, ZmqExecutor
 from streaming.security import generate_keys
@@ -135,6 +136,14 @@ def test_a_slow_setup_is_not_taken_for_a_hang_but_a_hung_handler_is_restarted(tm
     values, _ = read_sink(out)
     assert values == [2 * i for i in range(20)]
     assert metrics["double"]["restarts"] == 1  # killed once, for the hang, never for the slow setup
+
+
+def test_a_setup_holding_the_gil_is_not_taken_for_a_wedged_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(zmq_executor, "HEARTBEAT_SILENCE_S", 1.0)  # the limit for a running node, shortened
+    out = tmp_path / "sink.jsonl"
+    metrics = run_zmq(chain(out, count=5, scale={"setup_gil_s": 3}))
+    assert read_sink(out)[0] == [2 * i for i in range(5)]
+    assert metrics["double"]["restarts"] == 0
 
 
 def test_a_node_failing_in_setup_stops_the_graph_with_its_error_and_is_not_restarted(tmp_path):

@@ -1,6 +1,7 @@
 """Small nodes for graph and executor tests (test doubles: they live in tests only)."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -50,6 +51,7 @@ class ScaleParams(BaseModel):
     hang_at: int = -1  # sleep for an hour on this value, once (a marker file remembers)
     marker: str = ""
     setup_s: float = 0.0  # a slow start, like a model loading
+    setup_gil_s: int = 0  # a start in C code that holds the GIL (libc sleep through ctypes.PyDLL), like ManiSkill's
 
 
 class Scale(Node):
@@ -59,6 +61,8 @@ class Scale(Node):
 
     def setup(self) -> None:
         time.sleep(self.params.setup_s)
+        if self.params.setup_gil_s:
+            ctypes.PyDLL(None).sleep(self.params.setup_gil_s)  # PyDLL keeps the GIL: the heartbeat thread starves
 
     def on_value(self, msg: Tick) -> None:
         if self.params.delay_s:
