@@ -1,0 +1,170 @@
+"""ClipPrescan: every sampled frame of a video scored by CLIP against the question — A.I.R.'s first
+stage (reference/papers.md §1: frames at 1 fps, query-frame cosine similarity, cached).
+
+Two ways in:
+- `video` (a local file): the node is a source. Frames are decoded in a background thread
+  (`video_ingest.Readahead` over `video_decode.iter_batches`, resampled to `fps`) while the previous
+  batch is embedded, so decoding overlaps the CLIP pass. When the video ends, one `FrameScores`
+  for the whole video goes out. The frame embeddings are cached by (video content, model, fps)
+  (`nodes.clip.cache`): a second question about the same video costs no CLIP pass, only the text.
+  A video that breaks off mid-way is scored up to the break (counted in `decode_errors`) and not cached.
+- the `frame` input (e.g. from VideoIngest): frames are embedded `batch_size` at a time and each
+  batch's scores go out as one `FrameScores`; a partial batch goes out once the input has been silent
+  for `FLUSH_AFTER_S`. The graph has no end-of-stream message, so an inproc run that stops when its
+  sources end leaves the last partial batch unscored (warned at close): offline jobs use `video`.
+  `fps` does not apply (the upstream samples), and there is no cache: no file to key it by.
+
+Counters: `frames_embedded`, `cache_hits`, `cache_misses`, `decode_errors`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from nodes.clip.cache import EmbeddingCache, FrameEmbeddings, cache_key, file_digest
+from nodes.clip.embedder import BACKEND_TORCH, DEVICE_AUTO, ClipEmbedder, load_embedder
+from nodes.clip.model import DEFAULT_MODEL_DIR
+from nodes.video_decode import BACKEND_AUTO, FrameBatch, iter_batches, local_path
+from nodes.video_ingest import Readahead, StreamEnd
+from pipeline.messages import Frame, FrameScores
+from pipeline.node import Node
+
+DEFAULT_FPS = 1.0  # A.I.R.'s prescan rate
+DEFAULT_BATCH = 32
+DEFAULT_CACHE_DIR = "runs/clip_cache"
+DEFAULT_QUEUE_BATCHES = 2  # decoded batches waiting for the embedder
+FLUSH_AFTER_S = 1.0  # frame input: a partial batch is scored after this much silence
+POLL_S = 0.05  # how long a tick waits for the decoder before reporting "nothing yet"
+
+
+class ClipPrescanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, description="the query every frame is scored against")
+    video: str | None = Field(None, description="a local video file; None: score frames from the `frame` input")
+    model: str = Field(DEFAULT_MODEL_DIR, description="a CLIP directory: ours, a local HF checkpoint, or an ONNX export")
+    backend: Literal["torch", "onnx"] = BACKEND_TORCH
+    device: str = Field(DEVICE_AUTO, description="auto: CUDA when present, else CPU")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for the CLIP pass (None: the runtime's default)")
+    fps: float | None = Field(DEFAULT_FPS, gt=0, description="video: sample at this rate (None: every frame)")
+    batch_size: int = Field(DEFAULT_BATCH, ge=1, description="frames per CLIP pass (and per decoded batch)")
+    cache_dir: str | None = Field(DEFAULT_CACHE_DIR, description="frame-embedding cache (None: no cache)")
+    decode_backend: Literal["auto", "decord", "av"] = BACKEND_AUTO
+    queue_batches: int = Field(DEFAULT_QUEUE_BATCHES, ge=1, description="decoded batches waiting at most")
+    frame_id: str = ""
+
+
+class ClipPrescan(Node):
+    """Cosine similarity of each sampled frame to the question, as `FrameScores`."""
+
+    Params = ClipPrescanParams
+    inputs = {"frame": Frame}
+    outputs = {"scores": FrameScores}
+    input_timeouts = {"frame": FLUSH_AFTER_S}
+
+    def setup(self) -> None:
+        p = self.params
+        self.embedder: ClipEmbedder = load_embedder(p.model, p.backend, p.device, p.num_threads)
+        self.query = self.embedder.embed_texts([p.question])[0]  # (D,)
+        self.pending: list[Frame] = []
+        self.readahead: Readahead | None = None
+        self.cached: FrameEmbeddings | None = None
+        self.done = p.video is None  # frame input only: nothing to tick
+        self.indices: list[int] = []
+        self.times: list[float] = []
+        self.embeddings: list[np.ndarray] = []  # (b, D) per batch
+        self.cache: EmbeddingCache | None = None
+        if p.video is None:
+            return
+        path = local_path(p.video)  # a missing file fails here, naming it
+        if p.cache_dir is not None:
+            self.cache = EmbeddingCache(p.cache_dir)
+            self.key = cache_key(file_digest(path), self.embedder.identity, p.fps)
+            self.cached = self.cache.load(self.key)
+        if self.cached is None:
+            self._start_decoding()
+
+    def _start_decoding(self) -> None:
+        p = self.params
+
+        def batches() -> Iterator[FrameBatch]:
+            return iter_batches(p.video, fps=p.fps, backend=p.decode_backend, batch_size=p.batch_size)
+
+        if self.cache is not None:
+            self.count("cache_misses")
+        self.readahead = Readahead(batches, p.queue_batches, name=f"clip-prescan-{self.node_id}")
+        self.readahead.start()
+
+    # ---- video: a source ---------------------------------------------------------------------------
+
+    def tick(self) -> bool | None:
+        if self.done:
+            return False
+        if self.cached is not None:
+            self.count("cache_hits")
+            self._emit_scores(self.cached)
+            self.done = True
+            return True
+        item = self.readahead.get(POLL_S)
+        if item is None:
+            return None  # the decoder is behind
+        if isinstance(item, StreamEnd):
+            self._finish(item.error)
+            return True
+        self._embed(item.indices, item.pts_s, np.stack(item.images))
+        return True
+
+    def _embed(self, indices: list[int], times_s: list[float], images: np.ndarray) -> None:
+        """Embed (b, H, W, 3) uint8 frames and keep their embeddings for the end of the video."""
+        self.embeddings.append(self.embedder.embed_images(images))  # (b, D)
+        self.indices += indices
+        self.times += times_s
+        self.count("frames_embedded", len(indices))
+
+    def _collected(self) -> FrameEmbeddings:
+        embeddings = np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, self.embedder.dim), np.float32)
+        return FrameEmbeddings(np.asarray(self.indices, np.int64), np.asarray(self.times, np.float64), embeddings)
+
+    def _finish(self, error: BaseException | None) -> None:
+        frames = self._collected()
+        if error is not None:
+            self.count("decode_errors")
+            self.log.error("%s: scoring the %d frames before the break (not cached): %s", self.params.video,
+                           len(frames.frame_indices), error)
+        elif self.cache is not None:
+            self.cache.save(self.key, frames, video=self.params.video, model=self.embedder.identity, fps=self.params.fps)
+        self._emit_scores(frames)
+        self.done = True
+
+    def _emit_scores(self, frames: FrameEmbeddings, stamp_ns: int | None = None) -> None:
+        scores = (frames.embeddings @ self.query).astype(np.float32)  # (N,) cosine
+        extra = {} if stamp_ns is None else {"stamp_ns": stamp_ns}
+        self.emit("scores", FrameScores(frame_indices=frames.frame_indices, times_s=frames.times_s, scores=scores,
+                                        query=self.params.question, frame_id=self.params.frame_id, **extra))
+
+    # ---- frames from upstream ------------------------------------------------------------------------
+
+    def on_frame(self, msg: Frame) -> None:
+        self.pending.append(msg)
+        if len(self.pending) >= self.params.batch_size:
+            self._flush()
+
+    def on_timeout(self, port: str) -> None:
+        if self.pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Embed the pending frames and send their scores (capture time: the newest frame's)."""
+        frames, self.pending = self.pending, []
+        embeddings = self.embedder.embed_images(np.stack([f.image for f in frames]))  # (b, D)
+        self.count("frames_embedded", len(frames))
+        self._emit_scores(FrameEmbeddings(np.array([f.index for f in frames]), np.array([f.pts_s for f in frames]),
+                                          embeddings), stamp_ns=max(f.stamp_ns for f in frames))
+
+    def close(self) -> None:
+        if getattr(self, "readahead", None) is not None:
+            self.readahead.close()
+        if getattr(self, "pending", None):
+            self.log.warning("closed with %d frames not yet scored (the input never went quiet)", len(self.pending))
