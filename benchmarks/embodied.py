@@ -71,7 +71,8 @@ def policy_latency(checkpoint: str, runs: int) -> dict[str, float] | None:
 
 
 def loop_overhead(summary: dict[str, Any] | None) -> dict[str, float] | None:
-    """From a zmq run: loop period, and the share of it that is neither sim step nor model forward."""
+    """From a zmq run: loop period (episode time per step, start-up excluded), and the share of it that
+    is neither sim step nor model forward."""
     if not summary or not summary.get("steps_per_s"):
         return None
     period_ms = 1000.0 / summary["steps_per_s"]
