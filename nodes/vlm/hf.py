@@ -25,7 +25,8 @@ QWEN_IMAGE_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
 QWEN_CHAT_FORMAT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                     "<|im_start|>user\n{image_slots}{prompt}<|im_end|>\n<|im_start|>assistant\n")
 CONFIG_FILE = "config.json"
-FETCH_COMMAND = "hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir {path}"
+TRAIN_COMMAND = "groundloop train vlm --clip models/clip_shapes --out {path}"  # the project's own small VLM
+FETCH_COMMAND = "hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir {path}"  # or a real one, fetched once
 DEVICE_AUTO = "auto"
 DTYPE_AUTO = "auto"
 
@@ -113,7 +114,8 @@ class HfVlmAdapter(VlmAdapter):
         self.checkpoint = Path(path)
         if not (self.checkpoint / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"no Hugging Face checkpoint at {self.checkpoint} (no {CONFIG_FILE}); nothing is downloaded "
-                                    f"at run time: fetch one first, e.g. `{FETCH_COMMAND.format(path=self.checkpoint)}`")
+                                    f"at run time: train the project's small VLM with `{TRAIN_COMMAND.format(path=self.checkpoint)}` "
+                                    f"or fetch a checkpoint once, e.g. `{FETCH_COMMAND.format(path=self.checkpoint)}`")
         config = AutoConfig.from_pretrained(self.checkpoint, local_files_only=True)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

@@ -42,7 +42,7 @@ def test_a_good_spec_parses_without_loading_anything(tmp_path):
 
 def test_a_missing_checkpoint_names_the_path_and_how_to_fetch_one(tmp_path):
     missing = tmp_path / "models" / "vlm"
-    with pytest.raises(FileNotFoundError, match=rf"{missing}.*hf download"):
+    with pytest.raises(FileNotFoundError, match=rf"{missing}.*groundloop train vlm.*hf download"):
         load_vlm({"hf": str(missing)})
 
 

@@ -1,0 +1,111 @@
+"""The VLM trainer on a tiny config: one step of each stage trains exactly the parts it names and stays
+finite; the CLI runs 3 steps through both stages and writes a loadable checkpoint with held-out
+metrics; resume continues; a missing CLIP is an error naming `groundloop train clip`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nodes.clip.model import MissingModelError
+from nodes.clip.processing import ImagePreprocessor
+from nodes.shapes_vlm.config import image_tokens
+from nodes.shapes_vlm.data import CAPTION, Encoder, ShapesTasks
+from nodes.shapes_vlm.model import LM, META_FILE, PROJECTOR, VISION, build_vlm, model_parts
+from nodes.shapes_vlm.train import (DEFAULT_STAGES, STATE_FILE, Stage, TrainOptions, learning_rate, prepare_stage,
+                                    register, stage_at, train_step, train_vlm)
+from nodes.vlm import load_vlm
+from sim.shapes_world.dataset import TRAIN
+from tests.nodes.shapes_vlm.conftest import TINY_FRAME_PX, TINY_VLM
+
+ALIGN, TASKS = DEFAULT_STAGES
+PROJECTOR_ONLY = Stage("projector only", {CAPTION: 1.0}, (PROJECTOR,), 1.0)
+TINY_ARGS = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--batch-size", "2", "--train-scenes", "4",
+             "--eval-scenes", "2", "--eval-relevance", "4", "--eval-qa", "2", "--eval-captions", "2",
+             "--frame-size", str(TINY_FRAME_PX), "--qa-frames", "2", "--threads", "1", "--no-progress"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="model", required=True))
+    return parser
+
+
+@pytest.mark.parametrize("stage, vision_lr, trained", [
+    (ALIGN, 0.0, {PROJECTOR, LM}),
+    (TASKS, 0.0, {PROJECTOR, LM}),
+    (TASKS, 1e-3, {VISION, PROJECTOR, LM}),
+    (PROJECTOR_ONLY, 1e-3, {PROJECTOR}),
+])
+def test_one_step_of_a_stage_trains_only_its_parts(tiny_clip_dir: Path, stage: Stage, vision_lr: float,
+                                                   trained: set[str]) -> None:
+    torch.manual_seed(0)
+    model, processor = build_vlm(tiny_clip_dir, TINY_VLM)
+    encoder = Encoder(processor, image_tokens(model.config.vision_config), ImagePreprocessor.from_dir(tiny_clip_dir))
+    tasks = ShapesTasks(TRAIN, 3, frame_size=TINY_FRAME_PX, qa_frames=2)
+    parts = model_parts(model)
+    before = {name: [p.detach().clone() for p in module.parameters()] for name, module in parts.items()}
+    optimizer = prepare_stage(model, stage, TrainOptions(vision_lr=vision_lr))
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"]
+    rng = np.random.default_rng(0)
+    for task in stage.mix:  # one step on a batch of each of the stage's tasks
+        batch = encoder.batch([tasks.sample(task, rng) for _ in range(2)])
+        loss = train_step(model, batch, optimizer, torch.device("cpu"))
+        assert torch.isfinite(loss)
+    for name, module in parts.items():
+        after = list(module.parameters())
+        assert all(torch.isfinite(p).all() for p in after)
+        changed = [not torch.equal(b, a) for b, a in zip(before[name], after)]
+        assert any(changed) if name in trained else not any(changed), name
+
+
+def test_stages_split_the_budget_and_each_warms_up_then_decays() -> None:
+    options = TrainOptions(steps=100)
+    assert stage_at(options, 0.0) == (0, 0.0)
+    assert stage_at(options, 0.15)[0] == 0 and stage_at(options, 0.15)[1] == pytest.approx(0.5)
+    assert stage_at(options, 0.3) == (1, pytest.approx(0.0))
+    assert stage_at(options, 1.0) == (2, 1.0)
+    assert learning_rate(1e-3, 10, 0, 0.0) == pytest.approx(1e-4)
+    assert learning_rate(1e-3, 10, 10, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(1e-3, 10, 50, 1.0) == pytest.approx(5e-5)
+
+
+def test_cli_trains_three_steps_and_writes_a_checkpoint_with_heldout_metrics(
+        tiny_clip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, run = tmp_path / "vlm", tmp_path / "run"
+    args = _parser().parse_args(["vlm", "--clip", str(tiny_clip_dir), "--out", str(out), "--ckpt-dir", str(run),
+                                 "--steps", "3", "--log-every", "1", *TINY_ARGS])
+    assert args.func(args) == 0
+    assert "QA accuracy" in capsys.readouterr().out
+    record = json.loads((out / META_FILE).read_text())
+    assert record["train"]["step"] == 3 and record["train"]["final"] and record["train"]["clip"] == str(tiny_clip_dir)
+    held = record["heldout"]
+    assert held["step"] == 3 and held["relevance_n"] == 4 and held["qa_n"] == 2 and held["caption_n"] == 2
+    assert all(0.0 <= held[k] <= 1.0 for k in ("relevance_exact", "relevance_within1", "qa_accuracy", "caption_exact"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and [r["stage"] for r in rows] == ["align", "tasks", "tasks"]
+    assert "heldout_relevance_exact" in rows[-1]
+    answer = load_vlm({"hf": str(out), "device": "cpu"}).generate([np.zeros((64, 64, 3), np.uint8)], "Which shapes?",
+                                                                   max_new_tokens=3)
+    assert isinstance(answer[0], str)
+
+    options = TrainOptions(clip=tiny_clip_dir, out=out, ckpt_dir=run, steps=4, resume=True, batch_size=2,
+                           train_scenes=4, eval_scenes=2, eval_relevance=2, eval_qa=2, eval_captions=2,
+                           frame_size=TINY_FRAME_PX, qa_frames=2, threads=1, progress=False, log_every=1)
+    assert train_vlm(options)["step"] == 4
+    assert torch.load(run / STATE_FILE, weights_only=False)["step"] == 4
+
+
+def test_a_missing_clip_is_an_error_naming_the_clip_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(MissingModelError, match="groundloop train clip"):
+        train_vlm(TrainOptions(clip=tmp_path / "no_clip", out=tmp_path / "vlm", ckpt_dir=tmp_path / "run", steps=1))
+    args = _parser().parse_args(["vlm", "--clip", str(tmp_path / "no_clip"), "--out", str(tmp_path / "vlm"),
+                                 "--steps", "1", *TINY_ARGS])
+    assert args.func(args) == 2
+    assert "groundloop train clip" in capsys.readouterr().err
+    assert not (tmp_path / "vlm").exists()
