@@ -21,7 +21,11 @@ POLICIES = (POLICY_LATEST, POLICY_QUEUE)
 DEFAULT_QUEUE_SIZE = 16
 NODE_KEYS = {"id", "uses", "params", "inputs", "rate_hz", "machine", "restart", "hang_timeout_s", "startup_timeout_s"}
 INPUT_KEYS = {"from", "policy", "size", "timeout"}
-GRAPH_KEYS = {"name", "description", "nodes", "transport"}
+GRAPH_KEYS = {"name", "description", "nodes", "transport", "record"}
+RECORD_KEYS = {"out", "streams"}
+#: a node class whose outputs depend on its params (a replay source takes those of the node it
+#: stands in for) has a classmethod of this name: params -> the concrete class
+SPECIALIZE_HOOK = "specialize"
 
 
 class GraphError(ValueError):
@@ -82,6 +86,14 @@ class TransportSpec:
 
 
 @dataclass
+class RecordSpec:
+    """Record these output streams ("node/port") of a run to an MCAP file."""
+
+    out: str
+    streams: list[str]
+
+
+@dataclass
 class Graph:
     name: str
     file: str
@@ -89,6 +101,7 @@ class Graph:
     edges: list[Edge]
     transport: TransportSpec = field(default_factory=TransportSpec)
     raw: dict = field(default_factory=dict)  # the mapping it was built from: what worker processes rebuild
+    record: RecordSpec | None = None
 
     def inputs_of(self, node_id: str) -> list[Edge]:
         return [e for e in self.edges if e.target == node_id]
@@ -151,6 +164,7 @@ def build_graph(raw: Any, file: str, overrides: list[str] | None = None) -> Grap
     edges = [edge for node_id, inputs in raw_inputs.items() for edge in _edges(node_id, inputs, nodes, file)]
     graph = Graph(str(raw.get("name", Path(file).stem)), file, nodes, edges, _transport(raw.get("transport"), file), raw)
     _check_cycles(graph)
+    graph.record = parse_record(raw.get("record"), nodes, file) if raw.get("record") is not None else None
     for spec in nodes.values():
         if spec.machine is not None and spec.machine not in graph.transport.machines:
             raise GraphError(file, spec.id, "machine", f"unknown machine {spec.machine!r} (transport.machines: {sorted(graph.transport.machines)})")
@@ -180,6 +194,12 @@ def _node_spec(raw: Any, index: int, file: str) -> tuple[NodeSpec, dict]:
         validated = cls.validate_params(params, where=node_id)
     except ParamsError as exc:
         raise GraphError(file, node_id, "params", str(exc).split(": ", 1)[1]) from None
+    specialize = getattr(cls, SPECIALIZE_HOOK, None)
+    if specialize is not None:
+        try:
+            cls = specialize(validated)
+        except (LookupError, TypeError, ValueError) as exc:
+            raise GraphError(file, node_id, "params", str(exc)) from None
     restart = raw.get("restart") or {}
     try:
         restart_policy = RestartPolicy(**restart)
@@ -242,6 +262,34 @@ def _edges(node_id: str, inputs: dict, nodes: dict[str, NodeSpec], file: str) ->
             timeout = required if timeout is None else timeout
         edges.append(Edge(source, source_port, node_id, port, policy, size, timeout))
     return edges
+
+
+def parse_record(raw: Any, nodes: dict[str, NodeSpec], file: str) -> RecordSpec:
+    """`{out: FILE, streams: [node/port, ...]}`; no streams means every output of every node."""
+    where = "record"
+    if not isinstance(raw, dict):
+        raise GraphError(file, None, where, "must be a mapping {out: FILE, streams: [node/port, ...]}")
+    unknown = set(raw) - RECORD_KEYS
+    if unknown:
+        raise GraphError(file, None, f"{where}.{sorted(unknown)[0]}", f"unknown key (allowed: {', '.join(sorted(RECORD_KEYS))})")
+    out = raw.get("out")
+    if not isinstance(out, str) or not out:
+        raise GraphError(file, None, f"{where}.out", "missing file to record to")
+    streams = raw.get("streams")
+    if streams is None:
+        return RecordSpec(out, [f"{n}/{port}" for n, spec in nodes.items() for port in spec.cls.outputs])
+    if not isinstance(streams, list) or not streams:
+        raise GraphError(file, None, f"{where}.streams", "must be a non-empty list of 'node/port'")
+    for index, stream in enumerate(streams):
+        node, slash, port = stream.partition("/") if isinstance(stream, str) else ("", "", "")
+        if not slash:
+            raise GraphError(file, None, f"{where}.streams[{index}]", f"{stream!r} is not 'node/port'")
+        if node not in nodes:
+            raise GraphError(file, None, f"{where}.streams[{index}]", f"no node {node!r} (nodes: {', '.join(nodes)})")
+        if port not in nodes[node].cls.outputs:
+            outputs = ", ".join(sorted(nodes[node].cls.outputs)) or "none"
+            raise GraphError(file, node, f"{where}.streams[{index}]", f"no output {port!r} on node {node!r} (outputs: {outputs})")
+    return RecordSpec(out, list(dict.fromkeys(streams)))
 
 
 def _transport(raw: Any, file: str) -> TransportSpec:

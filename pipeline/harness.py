@@ -5,18 +5,28 @@
 
 Time is virtual: each input is delivered at its own `t_s`, per-input timeouts fire on that clock, and
 each output records the virtual time at which it was emitted. Inputs go through the same runtime as
-in a graph (policies, de-duplication by seq), so a node behaves here as it does in a run.
+in a graph (policies, de-duplication by seq), so a node behaves here as it does in a run. Inputs can
+come from a recorded run:
+
+    harness.run(recording_inputs("run.mcap", {"cloud": "cloud/cloud", "state": "env/state"}))
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.graph import DEFAULT_QUEUE_SIZE, POLICY_QUEUE, Edge, NodeSpec
 from pipeline.messages import Message
 from pipeline.node import Node
+from pipeline.record import recorded_messages
 from pipeline.runtime import NodeRunner
+from streaming.recording import RecordingError, read_info
+
+#: which recorded time becomes an input's time: when it was emitted (its arrival in the run), or its capture stamp
+PUBLISH_TIME, LOG_TIME = "publish", "log"
+NS_PER_S = 1_000_000_000
 
 
 @dataclass
@@ -31,6 +41,23 @@ class Output:
     t_s: float
     port: str
     message: Message
+
+
+def recording_inputs(path: str | Path, ports: dict[str, str], clock: str = PUBLISH_TIME) -> list[TimedInput]:
+    """The recorded messages of the streams in `ports` (input port -> "node/port") as timed inputs,
+    with their recorded seqs; times are seconds after the first of them, by `clock`."""
+    if clock not in (PUBLISH_TIME, LOG_TIME):
+        raise ValueError(f"clock must be {PUBLISH_TIME!r} or {LOG_TIME!r}, got {clock!r}")
+    recorded_streams = read_info(path).streams
+    missing = sorted(set(ports.values()) - set(recorded_streams))
+    if missing:
+        raise RecordingError(f"{path}: no stream {missing[0]!r} (recorded: {', '.join(sorted(recorded_streams)) or 'none'})")
+    timed: list[tuple[int, str, Message]] = []
+    for recorded, message in recorded_messages(path, set(ports.values())):
+        time_ns = recorded.publish_time_ns if clock == PUBLISH_TIME else recorded.log_time_ns
+        timed.extend((time_ns, port, message) for port, stream in ports.items() if stream == recorded.stream)
+    start_ns = min((time_ns for time_ns, _, _ in timed), default=0)
+    return [TimedInput((time_ns - start_ns) / NS_PER_S, port, message) for time_ns, port, message in timed]
 
 
 class NodeHarness:

@@ -2,7 +2,8 @@
 
 Each emitted message is offered to its consumers at once, and consumers run in the order messages
 were emitted (one global FIFO), before any source ticks again: that order is fixed by the graph and
-the data, so two runs give the same outputs. Receivers get read-only views, as over a socket.
+the data, so two runs give the same outputs. Receivers get read-only views, as over a socket. A graph
+with a `record` spec has every message of its recorded streams written as it is emitted.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from pipeline.graph import Graph
 from pipeline.messages import Message
+from pipeline.record import Recorder
 from pipeline.runtime import NodeRunner
 
 log = logging.getLogger("groundloop.inproc")
@@ -32,6 +34,7 @@ class InprocExecutor:
             self.runners[node_id] = NodeRunner(spec, graph.inputs_of(node_id), self._sender(node_id))
         self._next_tick = {n: 0.0 for n, s in graph.nodes.items() if s.cls.is_source()}
         self._stopped = False
+        self._recorder: Recorder | None = None
 
     def _sender(self, node_id: str) -> Callable[[str, Message], None]:
         edges_by_port = {port: self.graph.outputs_of(node_id, port) for port in self.graph.nodes[node_id].cls.outputs}
@@ -39,6 +42,8 @@ class InprocExecutor:
         def send(port: str, message: Message) -> None:
             if self.tap is not None:
                 self.tap(node_id, port, message)
+            if self._recorder is not None:
+                self._recorder.record(message)
             frozen = message.frozen_view()
             for edge in edges_by_port[port]:
                 if self.runners[edge.target].offer(edge.target_port, frozen):
@@ -57,6 +62,7 @@ class InprocExecutor:
         next_report = started + metrics_every_s if metrics_every_s else None
         for runner in self.runners.values():
             runner.setup()
+        self._recorder = Recorder(self.graph.record, self.graph) if self.graph.record is not None else None
         try:
             while not self._stopped:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
@@ -75,6 +81,9 @@ class InprocExecutor:
         finally:
             for runner in self.runners.values():
                 runner.close()
+            if self._recorder is not None:
+                self._recorder.close()
+                self._recorder = None
         return self.metrics()
 
     def _tick_sources(self) -> bool:

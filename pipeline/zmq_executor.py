@@ -5,7 +5,8 @@ per node, and watches them: a crashed worker is restarted with exponential backo
 its delivery progress; a node still in setup() is never taken for hung (its heartbeats say
 "starting"); a running node whose loop stops turning for `hang_timeout_s` is killed and restarted.
 SIGINT/SIGTERM stop every worker, and whatever happens the run's shared-memory segments and its
-run directory are removed.
+run directory are removed. A graph with a `record` spec is recorded by a sink thread here, fed by its
+workers (pipeline.record).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import zmq
 
 from pipeline.graph import Graph
 from pipeline.metrics import NodeMetrics
+from pipeline.record import RecordSink
 from pipeline.zmq_worker import EXIT_SETUP_FAILED, PHASE_RUNNING, PHASE_STARTING
 from streaming.shm import unlink_prefix
 
@@ -81,6 +83,8 @@ class ZmqExecutor:
         local = [n for n, s in graph.nodes.items() if machine is None or s.machine == machine]
         self.children = {n: _Child(n) for n in local}
         self._stop = False
+        self.record_endpoint = f"ipc://{self.run_dir}/record.sock"
+        self._record_sink: RecordSink | None = None
 
     # ---- plan ---------------------------------------------------------------------------------
 
@@ -107,6 +111,7 @@ class ZmqExecutor:
             "endpoints": self._endpoints(),
             "control": f"ipc://{self.run_dir}/control.sock",
             "keys_dir": self.graph.transport.keys_dir if self.graph.transport.curve else None,
+            "record": {"endpoint": self.record_endpoint, "streams": self.graph.record.streams} if self.graph.record else None,
         }
         path = self.run_dir / "plan.json"
         path.write_text(json.dumps(plan))
@@ -185,6 +190,9 @@ class ZmqExecutor:
         started = time.monotonic()
         next_report = started + metrics_every_s if metrics_every_s else None
         try:
+            if self.graph.record is not None:
+                self._record_sink = RecordSink(self.graph.record, self.graph, self.record_endpoint)
+                self._record_sink.start()
             for child in self.children.values():
                 self._start(child, plan)
             while not self._stop and not all(c.finished for c in self.children.values()):
@@ -223,6 +231,9 @@ class ZmqExecutor:
                 child.process.wait()
         while control.poll(50):  # final metrics of workers that just stopped
             self._on_report(msgpack.unpackb(control.recv(), raw=False))
+        if self._record_sink is not None:  # every worker has exited: what they recorded is with the sink
+            self._record_sink.close()
+            self._record_sink = None
         unlink_prefix(self.shm_prefix)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

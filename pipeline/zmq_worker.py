@@ -27,6 +27,7 @@ import zmq
 from pipeline.graph import Graph, build_graph
 from pipeline.messages import Message
 from pipeline.progress import ProgressFile
+from pipeline.record import RecordForwarder
 from pipeline.runtime import NodeRunner
 from streaming.codec import CodecError, decode, encode
 from streaming.security import load_keys, start_authenticator
@@ -91,6 +92,9 @@ class Worker:
                                   self.graph.reader_index(e)) for e in self.out_edges]
             self.publisher = Publisher(self.context, plan["endpoints"][node_id]["bind"], configs, self._release,
                                        keys.server_secret if keys else None)
+        record = plan.get("record")
+        recorded = [s for s in record["streams"] if s.partition("/")[0] == node_id] if record else []
+        self.recorder = RecordForwarder(self.context, record["endpoint"], recorded) if recorded else None
         self.reader = ShmReader()
         self.subscriber = None
         if self.in_edges:
@@ -120,6 +124,8 @@ class Worker:
         return writer.loan(shape, dtype) if writer is not None else None
 
     def _send(self, port: str, message: Message) -> None:
+        if self.recorder is not None:
+            self.recorder.forward(message, self._waiting_on_backpressure)
         if self.publisher is None:
             return
         readers = self.publisher.readers(port)
@@ -301,6 +307,8 @@ class Worker:
             writer.close()
         if self.authenticator is not None:
             self.authenticator.stop()
+        if self.recorder is not None:
+            self.recorder.close()
         self.control.close()
         self.context.term()
 
