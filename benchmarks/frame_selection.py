@@ -1,0 +1,396 @@
+"""Frame selection for offline video QA, measured: uniform sampling, CLIP top-k, A.I.R. and
+Video-in-the-Loop at equal frame budgets on held-out shapes-world videos, with one CLIP and one VLM.
+
+The videos come from held-out seeds far above any training run's range, generated once into --data
+(deterministic, reused). Every method picks at most B frames per question and the VLM answers from
+them (ViTL answers in its own second stage, as its node does). Per method and budget:
+- evidence recall: the share of the question's evidence spans holding at least one selected frame
+  (a "how many times" question needs every appearance seen), averaged over questions;
+- evidence precision: the share of selected frames whose time falls in one of the question's spans;
+- QA accuracy: the VLM's choice is the scripted answer;
+- VLM calls and wall time per video (all its questions; a CLIP method pays the video's prescan once),
+  and A.I.R.'s analysis calls per question (one question is one A.I.R. run) against C·I_max.
+Frames are decoded once per video into memory and served to every method alike (decode time is
+reported apart), so the figures compare selection, not decoding. Each video–question pair is one
+A.I.R. run, as in the paper's benchmarks where a video has one question.
+
+    python benchmarks/frame_selection.py [--quick] [--clip DIR] [--vlm DIR] [--videos N] [--budgets 8,16,32]
+
+A table, then one JSON object with every figure as the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nodes.air.analysis import COUNTER_VLM_CALLS, VlmFrameAnalyser
+from nodes.air.config import AirConfig
+from nodes.air.selector import select_frames_air
+from nodes.clip.embedder import ClipEmbedder
+from nodes.video_decode import iter_frames, select_frames
+from nodes.video_qa import answer_prompt, fetch_images, vote_on_answers
+from nodes.vitl import VitlParams, video_in_the_loop
+from nodes.vlm import VlmAdapter
+
+UNIFORM, CLIP_TOPK, AIR, VITL = "uniform", "clip_topk", "air", "vitl"
+METHODS = (UNIFORM, CLIP_TOPK, AIR, VITL)
+CLIP_METHODS = (CLIP_TOPK, AIR)  # these pay the video's CLIP prescan
+LABELS = {UNIFORM: "uniform", CLIP_TOPK: "CLIP top-k", AIR: "A.I.R.", VITL: "Video-in-the-Loop"}
+DEFAULT_CLIP, DEFAULT_VLM = "models/clip_shapes", "models/vlm_shapes"
+TRAIN_COMMANDS = {"clip": "groundloop train clip --out {path}", "vlm": "groundloop train vlm --out {path}"}
+MODEL_MARKER = "config.json"
+DEFAULT_DATA = "runs/benchmarks/frame_selection"
+HELDOUT_SEED_START = 1_000_000  # training draws seeds from 0 up: these are never among them
+DEFAULT_BUDGETS, QUICK_BUDGETS = (8, 16, 32), (8,)
+DEFAULT_VIDEOS, QUICK_VIDEOS = 8, 2
+DEFAULT_SECONDS, QUICK_SECONDS = 60.0, 20.0
+DEFAULT_QUESTIONS, QUICK_QUESTIONS = 4, 1  # per video, drawn by the video's seed
+PRESCAN_FPS = 1.0  # A.I.R.'s scan rate
+PRESCAN_BATCH = 32
+TARGET_RECALL_GAIN_PTS = 20.0  # A.I.R. over uniform, evidence recall, same budget
+TARGET_ACCURACY_GAIN_PTS = 5.0  # A.I.R. over uniform, QA accuracy, same budget
+POINTS = 100.0
+EXIT_MISSING_MODEL = 2
+
+Span = tuple[float, float]
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+
+
+def evidence_hits(times_s: Sequence[float], spans: Sequence[Span]) -> np.ndarray:
+    """(K,) bool: which times fall in one of the spans (ends included)."""
+    t = np.asarray(times_s, np.float64).reshape(-1, 1)
+    s = np.asarray(spans, np.float64).reshape(1, -1, 2)
+    return ((t >= s[..., 0]) & (t <= s[..., 1])).any(axis=1) if len(spans) else np.zeros(len(t), bool)
+
+
+def evidence_recall(times_s: Sequence[float], spans: Sequence[Span]) -> float:
+    """The share of spans holding at least one of the times (no spans: nothing to miss, 1)."""
+    if not spans:
+        return 1.0
+    return float(np.mean([any(a <= t <= b for t in times_s) for a, b in spans]))
+
+
+def evidence_precision(times_s: Sequence[float], spans: Sequence[Span]) -> float:
+    """The share of the times that fall in a span (no times selected: 0)."""
+    return float(evidence_hits(times_s, spans).mean()) if len(times_s) else 0.0
+
+
+# ---- videos, questions and the prescan -----------------------------------------------------------
+
+
+class MemoryFrames:
+    """A video's frames decoded once, served by index (a `FrameSource`)."""
+
+    def __init__(self, times_s: np.ndarray, images: list[np.ndarray]):
+        self.times_s = np.asarray(times_s, np.float64)
+        self.images = images
+
+    @classmethod
+    def decode(cls, path: str | Path) -> "MemoryFrames":
+        frames = list(iter_frames(str(path)))
+        return cls(np.array([t for _, t, _ in frames]), [image for _, _, image in frames])
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+@dataclass
+class QaItem:
+    id: str
+    question: str
+    options: list[str]
+    answer: int
+    evidence: list[Span]
+
+
+@dataclass
+class VideoCase:
+    name: str
+    frames: MemoryFrames
+    questions: list[QaItem]
+    decode_s: float = 0.0
+
+
+@dataclass
+class Prescan:
+    """The video's sampled frames and their CLIP embeddings, computed once per video."""
+
+    indices: np.ndarray  # (N,) frame indices
+    embeddings: np.ndarray  # (N, D) unit rows
+    seconds: float
+
+
+def prescan(embedder: ClipEmbedder, frames: MemoryFrames, fps: float) -> Prescan:
+    started = time.perf_counter()
+    indices = select_frames(frames.times_s, fps)
+    chunks = [embedder.embed_images(np.stack([frames.image(i) for i in indices[k:k + PRESCAN_BATCH]]))
+              for k in range(0, len(indices), PRESCAN_BATCH)]
+    return Prescan(indices, np.concatenate(chunks), time.perf_counter() - started)
+
+
+def load_case(video: Path, sidecar: dict[str, Any], n_questions: int) -> VideoCase:
+    """A generated video decoded into memory, with `n_questions` of its questions drawn by its seed."""
+    started = time.perf_counter()
+    frames = MemoryFrames.decode(video)
+    decode_s = time.perf_counter() - started
+    questions = sidecar["questions"]
+    picked = np.random.default_rng(sidecar["seed"]).permutation(len(questions))[:n_questions]
+    items = [QaItem(q["id"], q["question"], q["options"], q["answer"], [tuple(s) for s in q["evidence"]])
+             for q in (questions[i] for i in sorted(picked))]
+    return VideoCase(video.stem, frames, items, decode_s)
+
+
+# ---- the four methods ----------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    budgets: Sequence[int] = DEFAULT_BUDGETS
+    methods: Sequence[str] = METHODS
+    prescan_fps: float = PRESCAN_FPS
+    air: AirConfig = field(default_factory=AirConfig)
+    vlm_spec: dict[str, Any] = field(default_factory=lambda: {"hf": DEFAULT_VLM})  # ViTL's params name it
+
+
+@dataclass
+class Outcome:
+    """One method on one question: the frames it read, the VLM's choice, what it cost."""
+
+    frames: list[int]
+    choice: int | None
+    vlm_calls: int
+    analysis_calls: int = 0
+
+
+def uniform_frames(n_frames: int, budget: int) -> np.ndarray:
+    """The frames at the centres of `budget` equal parts of the video (every frame if there are fewer)."""
+    if n_frames <= budget:
+        return np.arange(n_frames, dtype=np.int64)
+    return np.unique(((np.arange(budget) + 0.5) * n_frames / budget).astype(np.int64))
+
+
+def topk_frames(indices: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
+    """The `budget` highest-scoring scanned frames (ties: the earlier), in time order."""
+    return np.sort(indices[np.argsort(-scores, kind="stable")[:budget]])
+
+
+def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], item: QaItem) -> Outcome:
+    """The VLM answers from the chosen frames in time order, as VideoQuestionAnswer asks it."""
+    kept, images, _ = fetch_images(frames, sorted(int(i) for i in chosen))
+    vote = vote_on_answers(vlm, images, answer_prompt(item.question, item.options), len(item.options))
+    return Outcome(kept, vote.choice, 1)
+
+
+def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: np.ndarray | None,
+               scan: Prescan | None, vlm: VlmAdapter, settings: Settings) -> Outcome:
+    frames = case.frames
+    if method == UNIFORM:
+        return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), item)
+    if method == CLIP_TOPK:
+        return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), item)
+    if method == AIR:
+        S = np.full(len(frames.times_s), np.nan)
+        S[scan.indices] = scores
+        analyser = VlmFrameAnalyser(vlm, frames.image, item.question, item.options)
+        selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget)
+        answered = answer_from(vlm, frames, selected.frame_indices, item)
+        calls = analyser.counts[COUNTER_VLM_CALLS]
+        return Outcome(answered.frames, answered.choice, calls + answered.vlm_calls, calls)
+    if method == VITL:
+        params = VitlParams(video=case.name, question=item.question, options=item.options, vlm=settings.vlm_spec,
+                            budget=budget)
+        result = video_in_the_loop(vlm, frames, params)
+        return Outcome(result.answer_frames, result.vote.choice, 2)
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+# ---- running and summarising ---------------------------------------------------------------------
+
+
+def summarise(rows: list[dict[str, Any]], n_videos: int, prescan_s: float, method: str) -> dict[str, Any]:
+    """The figures of one method at one budget from its per-question rows."""
+    seconds = sum(r["seconds"] for r in rows) + (prescan_s if method in CLIP_METHODS else 0.0)
+    calls = sum(r["vlm_calls"] for r in rows)
+    return {
+        "evidence_recall": float(np.mean([r["recall"] for r in rows])),
+        "evidence_precision": float(np.mean([r["precision"] for r in rows])),
+        "qa_accuracy": float(np.mean([r["correct"] for r in rows])),
+        "frames_per_question": float(np.mean([r["n_frames"] for r in rows])),
+        "vlm_calls_per_video": calls / n_videos, "vlm_calls_per_question": calls / len(rows),
+        "analysis_calls_max_per_question": max(r["analysis_calls"] for r in rows),
+        "wall_s_per_video": seconds / n_videos, "questions": len(rows),
+    }
+
+
+def compare(results: dict[str, dict[int, dict[str, Any]]], budget: int, air: AirConfig) -> dict[str, Any]:
+    """A.I.R. against uniform at one budget: ratios, gains in points, and the issue's targets."""
+    ours, base = results.get(AIR, {}).get(budget), results.get(UNIFORM, {}).get(budget)
+    if ours is None or base is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key, name, target in (("evidence_recall", "recall", TARGET_RECALL_GAIN_PTS),
+                              ("qa_accuracy", "accuracy", TARGET_ACCURACY_GAIN_PTS)):
+        gain = POINTS * (ours[key] - base[key])
+        out[f"{name}_air_over_uniform"] = ours[key] / base[key] if base[key] else None
+        out[f"{name}_gain_pts"] = gain
+        out[f"{name}_target_pts"] = target
+        out[f"met_{name}"] = bool(gain >= target)
+    bound = air.candidates * air.i_max
+    out.update(analysis_calls_bound=bound, met_analysis_bound=bool(ours["analysis_calls_max_per_question"] <= bound))
+    return out
+
+
+def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapter, settings: Settings,
+                  progress: bool = False) -> dict[str, Any]:
+    """Every method at every budget on every question; per-method figures and A.I.R. vs uniform."""
+    from tqdm import tqdm
+
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {(m, b): [] for m in settings.methods for b in settings.budgets}
+    prescan_s = 0.0
+    bar = tqdm(total=sum(len(c.questions) for c in cases), desc="questions", unit="q", disable=not progress)
+    for case in cases:
+        scan = prescan(embedder, case.frames, settings.prescan_fps) if set(settings.methods) & set(CLIP_METHODS) else None
+        prescan_s += scan.seconds if scan is not None else 0.0
+        for item in case.questions:
+            text_started = time.perf_counter()
+            scores = scan.embeddings @ embedder.embed_texts([item.question])[0] if scan is not None else None
+            text_s = time.perf_counter() - text_started
+            for (method, budget), kept in rows.items():
+                started = time.perf_counter()
+                outcome = run_method(method, case, item, budget, scores, scan, vlm, settings)
+                seconds = time.perf_counter() - started + (text_s if method in CLIP_METHODS else 0.0)
+                times = case.frames.times_s[outcome.frames].tolist()
+                kept.append({"recall": evidence_recall(times, item.evidence), "n_frames": len(outcome.frames),
+                             "precision": evidence_precision(times, item.evidence), "seconds": seconds,
+                             "correct": outcome.choice == item.answer, "vlm_calls": outcome.vlm_calls,
+                             "analysis_calls": outcome.analysis_calls})
+            bar.update()
+    bar.close()
+    n_videos = max(len(cases), 1)
+    results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.methods}
+    for (method, budget), kept in rows.items():
+        results[method][budget] = summarise(kept, n_videos, prescan_s, method)
+    return {"results": results, "comparisons": {b: compare(results, b, settings.air) for b in settings.budgets},
+            "decode_s_per_video": sum(c.decode_s for c in cases) / n_videos, "prescan_s_per_video": prescan_s / n_videos,
+            "n_videos": len(cases), "n_questions": sum(len(c.questions) for c in cases)}
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+def missing_model(kind: str, path: str) -> str | None:
+    """Why a model directory cannot be used, with the command that makes it; None if it is there."""
+    if (Path(path) / MODEL_MARKER).is_file():
+        return None
+    return f"no {kind.upper()} model at {path} (no {MODEL_MARKER}): make it with `{TRAIN_COMMANDS[kind].format(path=path)}`"
+
+
+def heldout_videos(data: Path, n_videos: int, seconds: float) -> dict[int, Path]:
+    """Generate (or reuse) `n_videos` held-out videos of `seconds` each under `data`; video by seed."""
+    from sim.shapes_world.dataset import HELDOUT, VIDEO_SUFFIX, generate_dataset, seeds_for, stem
+    from sim.shapes_world.scene import SceneConfig
+
+    out = data / f"heldout_{seconds:g}s"
+    generate_dataset(out, n_videos, SceneConfig(duration_s=seconds), seed_start=HELDOUT_SEED_START, split=HELDOUT,
+                     progress=False)
+    return {seed: out / (stem(seed) + VIDEO_SUFFIX) for seed in seeds_for(HELDOUT, n_videos, HELDOUT_SEED_START)}
+
+
+def make_cases(data: Path, n_videos: int, seconds: float, n_questions: int) -> tuple[list[VideoCase], list[int]]:
+    """The held-out videos decoded, with their questions; the cases and their seeds."""
+    from sim.shapes_world.dataset import SIDECAR_SUFFIX
+
+    videos = heldout_videos(data, n_videos, seconds)
+    cases = [load_case(video, json.loads(video.with_suffix(SIDECAR_SUFFIX).read_text()), n_questions)
+             for video in videos.values()]
+    return cases, list(videos)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def print_table(report: dict[str, Any], settings: Settings) -> None:
+    print(f"\n{'budget':>6}  {'method':<18}{'ev. recall':>11}{'ev. prec.':>10}{'QA acc.':>9}{'frames':>8}"
+          f"{'VLM calls/video':>17}{'wall s/video':>14}")
+    for budget in settings.budgets:
+        for method in settings.methods:
+            f = report["results"][method][budget]
+            print(f"{budget:>6}  {LABELS[method]:<18}{f['evidence_recall']:>11.3f}{f['evidence_precision']:>10.3f}"
+                  f"{f['qa_accuracy']:>9.3f}{f['frames_per_question']:>8.1f}{f['vlm_calls_per_video']:>17.1f}"
+                  f"{f['wall_s_per_video']:>14.2f}")
+    for budget, c in report["comparisons"].items():
+        if not c:
+            continue
+        print(f"A.I.R. / uniform at B={budget}: evidence recall ×{_fmt(c['recall_air_over_uniform'], '.2f')} "
+              f"({c['recall_gain_pts']:+.1f} pts; target ≥ +{c['recall_target_pts']:.0f}: {_met(c['met_recall'])}), "
+              f"QA accuracy ×{_fmt(c['accuracy_air_over_uniform'], '.2f')} ({c['accuracy_gain_pts']:+.1f} pts; "
+              f"target ≥ +{c['accuracy_target_pts']:.0f}: {_met(c['met_accuracy'])}), analysis calls per question "
+              f"≤ {report['results'][AIR][budget]['analysis_calls_max_per_question']} (bound C·I_max = "
+              f"{c['analysis_calls_bound']}: {_met(c['met_analysis_bound'])})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 short videos, 1 question each, budget 8 (about a minute)")
+    parser.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model directory")
+    parser.add_argument("--vlm", default=DEFAULT_VLM, help="VLM checkpoint directory (Hugging Face format)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="where the held-out videos are generated (reused)")
+    parser.add_argument("--videos", type=int, default=None, help=f"held-out videos (default {DEFAULT_VIDEOS})")
+    parser.add_argument("--seconds", type=float, default=None, help=f"length of each video (default {DEFAULT_SECONDS:g})")
+    parser.add_argument("--questions-per-video", type=int, default=None, help=f"default {DEFAULT_QUESTIONS}")
+    parser.add_argument("--budgets", default=None, help="comma-separated frame budgets (default 8,16,32)")
+    parser.add_argument("--prescan-fps", type=float, default=PRESCAN_FPS)
+    parser.add_argument("--device", default="auto", help="torch device of both models")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    problems = [p for p in (missing_model("clip", args.clip), missing_model("vlm", args.vlm)) if p]
+    if problems:
+        print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        return EXIT_MISSING_MODEL
+    default_budgets = QUICK_BUDGETS if args.quick else DEFAULT_BUDGETS
+    budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else default_budgets
+    n_videos = args.videos or (QUICK_VIDEOS if args.quick else DEFAULT_VIDEOS)
+    seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
+    n_questions = args.questions_per_video or (QUICK_QUESTIONS if args.quick else DEFAULT_QUESTIONS)
+    settings = Settings(budgets=budgets, prescan_fps=args.prescan_fps, vlm_spec={"hf": args.vlm, "device": args.device})
+    started = time.monotonic()
+
+    from nodes.clip.embedder import load_embedder
+    from nodes.vlm import load_vlm
+
+    cases, seeds = make_cases(Path(args.data), n_videos, seconds, n_questions)
+    embedder, vlm = load_embedder(args.clip, device=args.device), load_vlm(settings.vlm_spec)
+    print(f"held-out shapes-world: {len(cases)} videos of {seconds:g} s (seeds {seeds[0]}..{seeds[-1]}), "
+          f"{sum(len(c.questions) for c in cases)} questions; CLIP {args.clip}, VLM {args.vlm}", flush=True)
+    try:
+        report = run_benchmark(cases, embedder, vlm, settings, progress=not args.no_progress)
+    finally:
+        vlm.close()
+    print(f"decode {report['decode_s_per_video']:.2f} s/video (apart); CLIP prescan at {args.prescan_fps:g} fps "
+          f"{report['prescan_s_per_video']:.2f} s/video (in the CLIP methods' wall time)")
+    print_table(report, settings)
+    report.update(benchmark="frame_selection", quick=args.quick, clip=args.clip, vlm=args.vlm, seeds=seeds,
+                  video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps,
+                  air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max},
+                  elapsed_s=time.monotonic() - started)
+    print(json.dumps(report, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
