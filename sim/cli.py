@@ -1,4 +1,4 @@
-"""`groundloop sim ...`: demo generation, the motion-planning oracle and shapes-world videos from the command line.
+"""`groundloop sim ...`: demo generation, the motion-planning oracle, LeRobot export and shapes-world videos from the command line.
 
 `register(subparsers)` plugs the `sim` command group into the groundloop CLI (entry-point group
 `groundloop.commands`); `python -m sim.cli demos ...` runs the same commands on their own.
@@ -51,6 +51,14 @@ def _shapes_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_lerobot(args: argparse.Namespace) -> int:
+    from sim.lerobot_export import export_lerobot
+
+    info = export_lerobot(Path(args.data), Path(args.out), repo_id=args.repo_id, overwrite=args.overwrite)
+    print(f"LeRobot v3.0 dataset in {args.out}: {info['total_episodes']} episodes, {info['total_frames']} frames")
+    return 0
+
+
 def _add_task(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=PICK_CUBE, choices=sorted(TASKS), help="ManiSkill task")
 
@@ -72,6 +80,13 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     oracle.add_argument("--per-seed", action="store_true", help="include every seed's outcome")
     oracle.set_defaults(func=_oracle)
 
+    export = sub.add_parser("export-lerobot", help="demo directory -> LeRobotDataset v3.0 (parquet, meta, MP4s)")
+    export.add_argument("--data", required=True, help="demo directory (groundloop sim demos --out)")
+    export.add_argument("--out", required=True, help="output dataset directory")
+    export.add_argument("--repo-id", default=None, help="recorded in info.json (default local/<out name>)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.set_defaults(func=_export_lerobot)
+
     shapes = sub.add_parser("shapes-video", help="shapes-world QA videos: MP4s, JSON sidecars (timeline, questions), index.json")
     shapes.add_argument("--out", required=True, help="output directory (finished videos in it are skipped)")
     shapes.add_argument("-n", type=int, default=DEFAULT_SHAPES_VIDEOS, help="number of videos")
@@ -86,7 +101,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `sim` command group (demos, oracle, shapes-video) to a parent CLI."""
+    """Add the `sim` command group (demos, oracle, export-lerobot, shapes-video) to a parent CLI."""
     sim = subparsers.add_parser("sim", help="simulation: ManiSkill demos and the oracle, shapes-world videos")
     _add_commands(sim.add_subparsers(dest="sim_command", required=True))
 

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from nodes.action_expert.config import ActionExpertConfig
 from nodes.action_expert.guidance import episode_guidance
 from nodes.action_expert.pack import is_pack, read_pack
+from sim.lerobot_import import is_lerobot, read_lerobot
 
 _DEMOS_COMMAND = "groundloop sim demos --task {task} -n 200"
 
@@ -108,13 +109,20 @@ def episode_from_arrays(
 
 
 def load_episodes(data_paths: list[Path], config: ActionExpertConfig, *, load_point_cloud: bool) -> list[Episode]:
-    """All successful episodes of all demo directories and packs (`nodes.action_expert.pack`)."""
+    """All successful episodes of all demo directories, packs (`nodes.action_expert.pack`) and
+    LeRobot v3 exports (`sim.lerobot_export`)."""
     episodes = []
     for data_path in map(Path, data_paths):
         if is_pack(data_path):
             episodes += [
                 episode_from_arrays(arrays, name, config, load_point_cloud=load_point_cloud)
                 for name, arrays in read_pack(data_path)
+            ]
+        elif is_lerobot(data_path):
+            episodes += [
+                episode_from_arrays(arrays, name, config, load_point_cloud=load_point_cloud)
+                for name, arrays in read_lerobot(data_path, images=False)
+                if arrays["success"]
             ]
         else:
             episodes += [load_episode(path, config, load_point_cloud=load_point_cloud) for path in demo_files(data_path)]
