@@ -21,14 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from robot.camera import FILE_URL, Pixels, is_live  # shared with the live camera
+
 BACKEND_AUTO, BACKEND_DECORD, BACKEND_AV = "auto", "decord", "av"
 BACKENDS = (BACKEND_AUTO, BACKEND_DECORD, BACKEND_AV)
 DEFAULT_BATCH = 16
 LIVE_READ_TIMEOUT_S = 10.0  # a live source silent this long is an error, not a hang
-RESIZE_INTERPOLATION = "AREA"
-URL_MARK = "://"
-FILE_URL = "file://"
-DEVICE_DIR = "/dev/"
 
 log = logging.getLogger("groundloop.video")
 
@@ -93,11 +91,6 @@ class FrameIndex:
 def seconds(pts: Any, time_base: Fraction) -> Any:
     """pts × time_base as float64: the same double for numpy arrays and Python ints."""
     return pts * time_base.numerator / time_base.denominator
-
-
-def is_live(source: str) -> bool:
-    """A URL or a device: read it as a stream, in order, with PyAV."""
-    return (URL_MARK in source and not source.startswith(FILE_URL)) or source.startswith(DEVICE_DIR)
 
 
 def local_path(source: str) -> Path:
@@ -186,33 +179,6 @@ def select_frames(pts_s: np.ndarray, fps: float | None = None, start_s: float = 
     sampler = NearestSampler(fps, start_s, end_s)
     picked = [key for i, t in enumerate(pts_s.tolist()) for key in sampler.offer(i, t)]
     return np.asarray(picked, dtype=np.int64)
-
-
-class Pixels:
-    """RGB conversion and shrinking (longer side at most `max_side`, area averaging), each through one
-    swscale context kept across frames: PyAV otherwise builds one per frame, ten times the cost of
-    the conversion itself. One per decoding loop (it is not thread-safe)."""
-
-    def __init__(self, max_side: int | None = None):
-        from av.video.reformatter import VideoReformatter
-
-        self.max_side = max_side
-        self._to_rgb, self._shrink = VideoReformatter(), VideoReformatter()
-
-    def rgb(self, frame: Any) -> np.ndarray:
-        """A decoded av.VideoFrame as (H, W, 3) uint8, shrunk if need be."""
-        return self.fit(self._to_rgb.reformat(frame, format="rgb24").to_ndarray())
-
-    def fit(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        if self.max_side is None or max(height, width) <= self.max_side:
-            return image
-        import av
-
-        scale = self.max_side / max(height, width)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        return self._shrink.reformat(frame, width=max(1, round(width * scale)), height=max(1, round(height * scale)),
-                                     interpolation=RESIZE_INTERPOLATION).to_ndarray()
 
 
 def _open_decord(path: Path, index: FrameIndex) -> tuple[Any, str]:
