@@ -33,8 +33,9 @@ GENERALIST = "models/action_expert_pick_push.pt"
 TRAIN_COMMANDS = {
     GUIDED: "groundloop train action-expert --data data/demos/PickCube-v1 --out " + GUIDED,
     BASELINE: "groundloop train action-expert --data data/demos/PickCube-v1 --no-guidance --out " + BASELINE,
-    # the shipped generalist was trained on a lent H200 from packs (nodes/action_expert/pack.py) with
-    # --stage1-steps 2900 --stage2-steps 4600 --stage1-batch-size 256 --stage2-batch-size 256
+    # the shipped baseline and generalist were trained on a lent H200 from packs (nodes/action_expert/pack.py)
+    # with --stage1-steps 2900 --stage2-steps 4600 --stage1-batch-size 256 --stage2-batch-size 256: 4.6x the
+    # stage-2 samples of the guided expert's CPU run (4000 steps at batch 64), so the baseline is not under-trained
     GENERALIST: "groundloop train action-expert --data data/demos/PickCube-v1 --data data/demos/PushCube-v1 --out " + GENERALIST,
 }
 POLICY_THREADS = 1  # as configs/pick_cube.yaml runs it: the simulator needs the other core
