@@ -1,4 +1,4 @@
-"""`groundloop sim ...`: demo generation, the motion-planning oracle, LeRobot export and shapes-world videos from the command line.
+"""`groundloop sim ...`: demo generation, the motion-planning oracle, LeRobot export, demo replay and shapes-world videos from the command line.
 
 `register(subparsers)` plugs the `sim` command group into the groundloop CLI (entry-point group
 `groundloop.commands`); `python -m sim.cli demos ...` runs the same commands on their own.
@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from sim.replay import DEFAULT_THRESHOLD_M
 from sim.shapes_world.dataset import ALL, DEFAULT_QUESTIONS_PER_KIND, SPLITS
 from sim.tasks import PICK_CUBE, TASKS
 
@@ -59,6 +60,34 @@ def _export_lerobot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from sim.dataset import episode_path, load_episode, load_meta
+    from sim.maniskill_robot import ManiSkillRobot
+    from sim.replay import REPLAY_MAX_STEPS, replay_episode
+
+    data = Path(args.data)
+    task = args.task or load_meta(data)["task"]
+    seeds = ([int(s) for s in args.episodes.split(",")] if args.episodes
+             else [e["seed"] for e in load_meta(data)["episodes"] if e["file"]])
+    robot = ManiSkillRobot(task, max_episode_steps=REPLAY_MAX_STEPS, camera=None)
+    robot.connect()
+    summaries = []
+    try:
+        for seed in seeds:
+            report = replay_episode(load_episode(episode_path(data, seed)), task, threshold_m=args.threshold,
+                                    robot=robot)
+            print(f"episode {seed}: {len(report.pos_error)} steps, first step over {args.threshold * 1e3:g} mm: "
+                  f"{report.first_exceed}, success recorded {report.recorded_success} replayed {report.replay_success}")
+            print(f"{'step':>6} {'pos_err_mm':>11} {'rot_err_mrad':>13}")
+            for t in range(0, len(report.pos_error), args.every):
+                print(f"{t:>6} {report.pos_error[t] * 1e3:>11.4f} {report.rot_error[t] * 1e3:>13.4f}")
+            summaries.append(report.summary())
+    finally:
+        robot.disconnect()
+    print(json.dumps({"task": task, "episodes": summaries}))
+    return 0
+
+
 def _add_task(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=PICK_CUBE, choices=sorted(TASKS), help="ManiSkill task")
 
@@ -87,6 +116,14 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     export.set_defaults(func=_export_lerobot)
 
+    replay = sub.add_parser("replay", help="replay demos' actions from their seeds and report the ee-pose divergence")
+    replay.add_argument("--data", required=True, help="demo directory (groundloop sim demos --out)")
+    replay.add_argument("--episodes", default=None, help="comma-separated seeds (default: every episode with a file)")
+    replay.add_argument("--task", default=None, choices=sorted(TASKS), help="ManiSkill task (default: meta.json's)")
+    replay.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_M, help="position error (m) that counts as diverged")
+    replay.add_argument("--every", type=int, default=10, help="print every n-th step in the per-episode table")
+    replay.set_defaults(func=_replay)
+
     shapes = sub.add_parser("shapes-video", help="shapes-world QA videos: MP4s, JSON sidecars (timeline, questions), index.json")
     shapes.add_argument("--out", required=True, help="output directory (finished videos in it are skipped)")
     shapes.add_argument("-n", type=int, default=DEFAULT_SHAPES_VIDEOS, help="number of videos")
@@ -101,7 +138,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `sim` command group (demos, oracle, export-lerobot, shapes-video) to a parent CLI."""
+    """Add the `sim` command group (demos, oracle, export-lerobot, replay, shapes-video) to a parent CLI."""
     sim = subparsers.add_parser("sim", help="simulation: ManiSkill demos and the oracle, shapes-world videos")
     _add_commands(sim.add_subparsers(dest="sim_command", required=True))
 
