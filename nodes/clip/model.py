@@ -9,14 +9,12 @@ final place and renamed there, so a reader never sees half a model.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodes.clip.config import ClipShapesConfig
 from nodes.clip.processing import BOS, EOS, PAD, ImagePreprocessor
+from nodes.model_dir import read_model_meta, write_model_dir
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, PreTrainedTokenizerFast
@@ -26,7 +24,6 @@ META_FILE = "groundloop_clip.json"
 HF_CONFIG_FILE = "config.json"
 DEFAULT_MODEL_DIR = "models/clip_shapes"
 TRAIN_COMMAND = "groundloop train clip --out {path} --minutes 20"
-PARTIAL_PREFIX, OLD_PREFIX = ".partial-", ".old-"
 
 
 class MissingModelError(FileNotFoundError):
@@ -55,29 +52,18 @@ def build_model(config: ClipShapesConfig, tokenizer: "PreTrainedTokenizerFast") 
 
 def save_model_dir(model: "CLIPModel", tokenizer: "PreTrainedTokenizerFast", config: ClipShapesConfig,
                    directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the whole directory under a temporary name, then swap it into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = directory.with_name(PARTIAL_PREFIX + directory.name)
-    old = directory.with_name(OLD_PREFIX + directory.name)
-    for leftover in (partial, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    ImagePreprocessor.for_config(config).save(partial)
-    record = {"format": MODEL_FORMAT, "config": config.to_dict(), **meta}
-    (partial / META_FILE).write_text(json.dumps(record, indent=1))
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(partial, directory)
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
+    """Write the whole directory (weights, tokenizer, preprocessing, our record) or nothing."""
+    def write(partial: Path) -> None:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        ImagePreprocessor.for_config(config).save(partial)
+
+    return write_model_dir(directory, write, META_FILE, {"format": MODEL_FORMAT, "config": config.to_dict(), **meta})
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """Our record of a model directory ({} for a checkpoint that is not one of ours)."""
-    path = Path(directory) / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_model_meta(directory, META_FILE)
 
 
 def count_parameters(model: Any) -> int:

@@ -24,7 +24,8 @@ import numpy as np
 from nodes.clip.cache import model_identity
 from nodes.clip.embedder import (ATTENTION_MASK, DEVICE_CPU, IMAGE_EMBEDS, INPUT_IDS, ONNX_IMAGE_FILE, ONNX_META_FILE,
                                  ONNX_TEXT_FILE, PIXELS, TEXT_EMBEDS, OnnxClipEmbedder, TorchClipEmbedder)
-from nodes.clip.model import DEFAULT_MODEL_DIR, HF_CONFIG_FILE, OLD_PREFIX, PARTIAL_PREFIX, MissingModelError
+from nodes.clip.model import DEFAULT_MODEL_DIR, HF_CONFIG_FILE, MissingModelError
+from nodes.model_dir import OLD_PREFIX, PARTIAL_PREFIX
 from nodes.clip.processing import PREPROCESSOR_FILE, tokenize
 
 EXPORT_FORMAT = "groundloop.clip_onnx/1"

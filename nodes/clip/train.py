@@ -30,6 +30,7 @@ from nodes.clip.config import ClipShapesConfig
 from nodes.clip.data import Prefetcher, SceneFrames, all_labels, make_batch, measure_mean_std, retrieval_auc
 from nodes.clip.model import DEFAULT_MODEL_DIR, build_model, count_parameters, save_model_dir
 from nodes.clip.processing import ImagePreprocessor, build_tokenizer, tokenize
+from nodes.train_budget import budget_seconds, run_progress, warmup_cosine_lr
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.questions import a_or_an
 from sim.shapes_world.scene import SceneConfig
@@ -44,7 +45,6 @@ METRICS_FILE = "metrics.jsonl"
 RUNS_DIR = Path("runs/clip")
 DEFAULT_MINUTES = 20.0
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature at 100
-MIN_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak
 MEAN_STD_FRAMES = 256
 EVAL_CHUNK = 256
 EVAL_SEED = 12345
@@ -81,24 +81,12 @@ class TrainOptions:
 
     @property
     def budget_s(self) -> float | None:
-        if self.minutes is None and self.steps is None:
-            return DEFAULT_MINUTES * 60.0
-        return None if self.minutes is None else self.minutes * 60.0
-
-
-def _progress(options: TrainOptions, step: int, elapsed_s: float) -> float:
-    """How far through the run, 0..1: the step budget or the time budget, whichever is nearer its end."""
-    budget_s = options.budget_s
-    by_steps = step / options.steps if options.steps else 0.0
-    by_time = elapsed_s / budget_s if budget_s else 0.0
-    return min(1.0, max(by_steps, by_time))
+        return budget_seconds(self.minutes, self.steps, DEFAULT_MINUTES)
 
 
 def learning_rate(options: TrainOptions, step: int, elapsed_s: float) -> float:
-    if step < options.warmup_steps:
-        return options.lr * (step + 1) / options.warmup_steps
-    cosine = 0.5 * (1.0 + math.cos(math.pi * _progress(options, step, elapsed_s)))
-    return options.lr * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * cosine)
+    progress = run_progress(step, elapsed_s, options.steps, options.budget_s)
+    return warmup_cosine_lr(options.lr, options.warmup_steps, step, progress)
 
 
 def _optimizer(model: "CLIPModel", options: TrainOptions) -> "torch.optim.Optimizer":

@@ -18,15 +18,13 @@ training record with the held-out metrics). It is written beside its final place
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodes.air.analysis import ANALYSIS_PROMPT
-from nodes.clip.model import OLD_PREFIX, PARTIAL_PREFIX, require_model_dir
+from nodes.clip.model import require_model_dir
+from nodes.model_dir import read_model_meta, write_model_dir
 from nodes.clip.processing import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, vocabulary as clip_vocabulary
 from nodes.shapes_vlm.config import CLS_TOKENS, FEATURE_STRATEGY, VlmShapesConfig
 from nodes.shapes_vlm.data import VOCABULARY_TEXTS
@@ -131,25 +129,14 @@ def model_parts(model: "LlavaForConditionalGeneration") -> dict[str, "torch.nn.M
 
 def save_vlm_dir(model: "LlavaForConditionalGeneration", processor: "LlavaProcessor", config: VlmShapesConfig,
                  directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the whole directory under a temporary name, then swap it into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = directory.with_name(PARTIAL_PREFIX + directory.name)
-    old = directory.with_name(OLD_PREFIX + directory.name)
-    for leftover in (partial, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    record = {"format": MODEL_FORMAT, "config": config.to_dict(), **meta}
-    (partial / META_FILE).write_text(json.dumps(record, indent=1))
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(partial, directory)
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
+    """Write the whole directory (weights, processor, our record) or nothing."""
+    def write(partial: Path) -> None:
+        model.save_pretrained(partial)
+        processor.save_pretrained(partial)
+
+    return write_model_dir(directory, write, META_FILE, {"format": MODEL_FORMAT, "config": config.to_dict(), **meta})
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """Our record of a VLM directory ({} for a checkpoint that is not one of ours)."""
-    path = Path(directory) / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_model_meta(directory, META_FILE)

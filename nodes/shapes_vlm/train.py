@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     save_vlm_dir)
+from nodes.train_budget import budget_seconds, run_progress, warmup_cosine_lr
 from nodes.vlm.hf import resolve_device
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 
@@ -50,7 +50,6 @@ STATE_FILE = "latest.pt"
 METRICS_FILE = "metrics.jsonl"
 RUNS_DIR = Path("runs/vlm")
 DEFAULT_MINUTES = 30.0
-MIN_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak
 GRAD_CLIP = 1.0
 POSITIVE_ABOVE = 3  # A.I.R.'s θ: a score above it keeps the frame
 EVAL_SEED = 12345
@@ -109,17 +108,7 @@ class TrainOptions:
 
     @property
     def budget_s(self) -> float | None:
-        if self.minutes is None and self.steps is None:
-            return DEFAULT_MINUTES * 60.0
-        return None if self.minutes is None else self.minutes * 60.0
-
-
-def run_progress(options: TrainOptions, step: int, elapsed_s: float) -> float:
-    """How far through the run, 0..1: the step budget or the time budget, whichever is nearer its end."""
-    budget_s = options.budget_s
-    by_steps = step / options.steps if options.steps else 0.0
-    by_time = elapsed_s / budget_s if budget_s else 0.0
-    return min(1.0, max(by_steps, by_time))
+        return budget_seconds(self.minutes, self.steps, DEFAULT_MINUTES)
 
 
 def stage_at(options: TrainOptions, progress: float) -> tuple[int, float]:
@@ -133,13 +122,6 @@ def stage_at(options: TrainOptions, progress: float) -> tuple[int, float]:
             return i, (progress - start) / (end - start)
         start = end
     return len(options.stages), 1.0
-
-
-def learning_rate(peak: float, warmup_steps: int, stage_step: int, stage_progress: float) -> float:
-    """Linear warm-up over a stage's first steps, then a cosine decay over the rest of the stage."""
-    if stage_step < warmup_steps:
-        return peak * (stage_step + 1) / warmup_steps
-    return peak * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * stage_progress)))
 
 
 def prepare_stage(model: "LlavaForConditionalGeneration", stage: Stage,
@@ -336,7 +318,7 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
     try:
         resumed_at, started = elapsed_s, time.monotonic()
         while True:
-            current, stage_progress = stage_at(options, run_progress(options, step, elapsed_s))
+            current, stage_progress = stage_at(options, run_progress(step, elapsed_s, options.steps, options.budget_s))
             if current >= len(options.stages):
                 break
             if optimizer is None or current != stage_index:
@@ -353,12 +335,12 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
                 bar.set_description(f"vlm {stage.name}")
             batch = batches.next()
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(group["peak_lr"], options.warmup_steps, step - stage_start, stage_progress)
+                group["lr"] = warmup_cosine_lr(group["peak_lr"], options.warmup_steps, step - stage_start, stage_progress)
             losses.setdefault(batch.task, []).append(train_step(model, batch, optimizer, device))
             step += 1
             elapsed_s = resumed_at + time.monotonic() - started
             bar.update(1)
-            done = run_progress(options, step, elapsed_s) >= 1.0
+            done = run_progress(step, elapsed_s, options.steps, options.budget_s) >= 1.0
             if step % options.log_every == 0 or done:
                 row: dict[str, Any] = {"step": step, "stage": options.stages[stage_index].name,
                                        "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed_s, 1),

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nodes.clip.embedder import TorchClipEmbedder
 from nodes.clip.model import MissingModelError
@@ -23,14 +22,6 @@ from tests.nodes.clip.tiny import CLIP_FPS, CLIP_SECONDS, build_tiny_clip, write
 
 QUESTION = "Which shape met the red circle?"
 MAX_TICKS = 10_000
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.spatial.transform import Rotation
 
 from nodes.action_expert.config import ActionExpertConfig
@@ -105,16 +104,6 @@ def write_demos(directory: Path, seeds: list[int]) -> Path:
     entries.append({"seed": len(seeds), "status": "plan_failed", "success": False, "length": 3, "file": None})
     (directory / "meta.json").write_text(json.dumps({"task": "PickCube-v1", "episodes": entries}))
     return directory
-
-
-@pytest.fixture(autouse=True, scope="session")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP's spinning threads slow tenfold when
-    another process holds a core of a two-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

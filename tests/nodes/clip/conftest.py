@@ -4,18 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.nodes.clip.tiny import build_hf_clip, build_tiny_clip
-
-
-@pytest.fixture(autouse=True, scope="session")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread on a shared two-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

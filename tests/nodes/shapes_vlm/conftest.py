@@ -15,15 +15,6 @@ TINY_VLM = VlmShapesConfig(hidden_size=32, layers=1, heads=2, kv_heads=1)
 TINY_FRAME_PX = 64
 
 
-@pytest.fixture(autouse=True, scope="session")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread on a shared two-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")

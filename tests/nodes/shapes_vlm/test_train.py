@@ -16,8 +16,9 @@ from nodes.clip.processing import ImagePreprocessor
 from nodes.shapes_vlm.config import image_tokens
 from nodes.shapes_vlm.data import CAPTION, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import LM, META_FILE, PROJECTOR, VISION, build_vlm, model_parts
-from nodes.shapes_vlm.train import (DEFAULT_STAGES, STATE_FILE, Stage, TrainOptions, learning_rate, prepare_stage,
+from nodes.shapes_vlm.train import (DEFAULT_STAGES, STATE_FILE, Stage, TrainOptions, prepare_stage,
                                     register, stage_at, train_step, train_vlm)
+from nodes.train_budget import warmup_cosine_lr
 from nodes.vlm import load_vlm
 from sim.shapes_world.dataset import TRAIN
 from tests.nodes.shapes_vlm.conftest import TINY_FRAME_PX, TINY_VLM
@@ -70,9 +71,9 @@ def test_stages_split_the_budget_and_each_warms_up_then_decays() -> None:
     assert stage_at(options, 0.15)[0] == 0 and stage_at(options, 0.15)[1] == pytest.approx(0.5)
     assert stage_at(options, 0.3) == (1, pytest.approx(0.0))
     assert stage_at(options, 1.0) == (2, 1.0)
-    assert learning_rate(1e-3, 10, 0, 0.0) == pytest.approx(1e-4)
-    assert learning_rate(1e-3, 10, 10, 0.0) == pytest.approx(1e-3)
-    assert learning_rate(1e-3, 10, 50, 1.0) == pytest.approx(5e-5)
+    assert warmup_cosine_lr(1e-3, 10, 0, 0.0) == pytest.approx(1e-4)
+    assert warmup_cosine_lr(1e-3, 10, 10, 0.0) == pytest.approx(1e-3)
+    assert warmup_cosine_lr(1e-3, 10, 50, 1.0) == pytest.approx(5e-5)
 
 
 def test_cli_trains_three_steps_and_writes_a_checkpoint_with_heldout_metrics(

@@ -86,15 +86,6 @@ def build_tiny_llava(directory: Path) -> Path:
     return directory
 
 
-@pytest.fixture(autouse=True, scope="session")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread on a shared two-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen(tmp_path_factory.mktemp("qwen2_5_vl"), chat_template=QWEN_CHAT_TEMPLATE)

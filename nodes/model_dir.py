@@ -1,0 +1,39 @@
+"""A model directory is written whole or not at all, and carries our JSON record beside the weights.
+
+The files go into a sibling `.partial-<name>` directory first, which then replaces the old one by
+rename, so a crash mid-save never leaves a half-written model under the real name. Shared by the
+project's Hugging Face-format models (nodes/clip, nodes/shapes_vlm).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PARTIAL_PREFIX, OLD_PREFIX = ".partial-", ".old-"
+
+
+def write_model_dir(directory: str | Path, write: Callable[[Path], None], meta_file: str, record: dict[str, Any]) -> Path:
+    """`write(partial_dir)` saves the model files; `record` goes to `meta_file`; then the swap."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = directory.with_name(PARTIAL_PREFIX + directory.name)
+    old = directory.with_name(OLD_PREFIX + directory.name)
+    for leftover in (partial, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    write(partial)
+    (partial / meta_file).write_text(json.dumps(record, indent=1))
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(partial, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def read_model_meta(directory: str | Path, meta_file: str) -> dict[str, Any]:
+    """Our record of a model directory ({} for a checkpoint that is not one of ours)."""
+    path = Path(directory) / meta_file
+    return json.loads(path.read_text()) if path.is_file() else {}
