@@ -6,7 +6,9 @@ and `groundloop train vlm`.
 """
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable
 
 MIN_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak
 
@@ -30,3 +32,12 @@ def warmup_cosine_lr(peak: float, warmup_steps: int, step: int, progress: float)
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     return peak * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def trainer_main(register: Callable[[argparse._SubParsersAction], None], prog: str, argv: list[str] | None) -> int:
+    """`python -m <trainer module> <name> ...`, the same as `groundloop train <name> ...`: for machines
+    where groundloop is not installed and its entry points do not exist (a lent GPU)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

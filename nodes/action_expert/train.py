@@ -32,6 +32,7 @@ from nodes.action_expert.config import ActionExpertConfig
 from nodes.action_expert.dataset import DemoDataset, Episode, MissingDemosError, WindowSampler, load_episodes
 from nodes.action_expert.model import ActionExpertPolicy
 from nodes.action_expert.normalizer import LinearNormalizer
+from nodes.train_budget import trainer_main
 
 
 @dataclass
@@ -310,10 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m nodes.action_expert.train action-expert ...`, the same as `groundloop train action-expert ...`."""
-    parser = argparse.ArgumentParser(prog="python -m nodes.action_expert.train")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return trainer_main(register, "python -m nodes.action_expert.train", argv)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,13 @@ go through the same `ImagePreprocessor` as at inference.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -123,23 +126,39 @@ def make_batch(frames: SceneFrames, preprocess: Callable[[np.ndarray], np.ndarra
 
 
 class Prefetcher:
-    """Batches made in a thread, ahead of the optimiser (rendering and resizing overlap the step)."""
+    """Batches made ahead of the optimiser, so rendering and resizing overlap the step: in a thread
+    (`workers=0`), or in `workers` forked processes where one Python thread cannot keep a GPU fed.
+    Worker k draws from its own stream (seed, k), so no two workers make the same batch."""
 
-    def __init__(self, make: Callable[[np.random.Generator], PairBatch], seed: int, size: int = PREFETCH_BATCHES):
+    def __init__(self, make: Callable[[np.random.Generator], Any], seed: int, size: int = PREFETCH_BATCHES,
+                 workers: int = 0):
         self._make = make
-        self._rng = np.random.default_rng(seed)
-        self._queue: queue.Queue[PairBatch | BaseException] = queue.Queue(maxsize=size)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="clip-pairs", daemon=True)
-        self._thread.start()
+        self._processes: list[mp.process.BaseProcess] = []
+        if workers > 0:
+            context = mp.get_context("fork")  # the maker is a closure: forked, never pickled
+            self._queue: Any = context.Queue(maxsize=max(size, workers))
+            self._halt = context.Event()
+            self._processes = [context.Process(target=self._run, args=(np.random.default_rng([seed, k]), self._halt),
+                                               name=f"prefetch-{k}", daemon=True) for k in range(workers)]
+            for process in self._processes:
+                process.start()
+        else:
+            self._queue = queue.Queue(maxsize=size)
+            self._halt = self._stop
+            self._thread = threading.Thread(target=self._run, args=(np.random.default_rng(seed), self._stop),
+                                            name="prefetch", daemon=True)
+            self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, rng: np.random.Generator, halt: Any) -> None:
+        if mp.parent_process() is not None:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a forked tokenizer must not spawn its own threads
+        while not halt.is_set():
             try:
-                item: PairBatch | BaseException = self._make(self._rng)
+                item: Any = self._make(rng)
             except Exception as exc:  # handed to the consumer, which raises it
                 item = exc
-            while not self._stop.is_set():
+            while not halt.is_set():
                 try:
                     self._queue.put(item, timeout=STOP_POLL_S)
                     break
@@ -148,15 +167,22 @@ class Prefetcher:
             if isinstance(item, BaseException):
                 return
 
-    def next(self) -> PairBatch:
+    def next(self) -> Any:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
         return item
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._halt.set()
+        if self._processes:
+            for process in self._processes:
+                process.join(timeout=STOP_POLL_S * 10)
+                if process.is_alive():
+                    process.terminate()
+            self._queue.cancel_join_thread()
+        else:
+            self._thread.join()
 
 
 def retrieval_auc(image_embeds: np.ndarray, visible: list[frozenset[str]], label_embeds: np.ndarray,

@@ -30,7 +30,7 @@ from nodes.clip.config import ClipShapesConfig
 from nodes.clip.data import Prefetcher, SceneFrames, all_labels, make_batch, measure_mean_std, retrieval_auc
 from nodes.clip.model import DEFAULT_MODEL_DIR, build_model, count_parameters, save_model_dir
 from nodes.clip.processing import ImagePreprocessor, build_tokenizer, tokenize
-from nodes.train_budget import budget_seconds, run_progress, warmup_cosine_lr
+from nodes.train_budget import budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.questions import a_or_an
 from sim.shapes_world.scene import SceneConfig
@@ -72,6 +72,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     threads: int = 2
+    data_workers: int = 0  # forked batch makers (0: one thread); a GPU run wants several
     resume: bool = False
     progress: bool = True
 
@@ -229,7 +230,8 @@ def train_clip(options: TrainOptions, config: ClipShapesConfig | None = None) ->
             f.write(json.dumps(row) + "\n")
 
     make = partial(make_batch, train_frames, preprocess, options.batch_size)
-    pairs = Prefetcher(make, seed=options.seed * 1_000_003 + step)  # a resumed run draws new batches
+    pairs = Prefetcher(make, seed=options.seed * 1_000_003 + step,  # a resumed run draws new batches
+                       workers=options.data_workers)
     bar = tqdm(total=options.steps, initial=step, desc="clip", unit="step", disable=not options.progress,
                dynamic_ncols=True)
     losses: list[torch.Tensor] = []
@@ -288,7 +290,8 @@ def _options_from_args(args: argparse.Namespace) -> TrainOptions:
                         minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         train_scenes=args.train_scenes, eval_images=args.eval_images, log_every=args.log_every,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                        device=args.device, threads=args.threads, resume=args.resume, progress=not args.no_progress)
+                        device=args.device, threads=args.threads, data_workers=args.data_workers,
+                        resume=args.resume, progress=not args.no_progress)
 
 
 def _run_from_args(args: argparse.Namespace) -> int:
@@ -322,6 +325,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     p.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--data-workers", type=int, default=defaults.data_workers,
+                   help="processes making batches (0: one thread); several keep a GPU fed")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/latest.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
@@ -330,10 +335,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m nodes.clip.train clip ...`, the same as `groundloop train clip ...`."""
-    parser = argparse.ArgumentParser(prog="python -m nodes.clip.train")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return trainer_main(register, "python -m nodes.clip.train", argv)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     save_vlm_dir)
-from nodes.train_budget import budget_seconds, run_progress, warmup_cosine_lr
+from nodes.train_budget import budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from nodes.vlm.hf import resolve_device
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 
@@ -99,6 +99,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     threads: int = 2
+    data_workers: int = 0  # forked batch makers (0: one thread); a GPU run wants several
     resume: bool = False
     progress: bool = True
 
@@ -331,7 +332,8 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
                 if batches is not None:
                     batches.close()
                 make = _batch_maker(train_tasks, encoder, stage, options.batch_size)
-                batches = Prefetcher(make, seed=options.seed * 1_000_003 + step)  # a resumed run draws new batches
+                batches = Prefetcher(make, seed=options.seed * 1_000_003 + step,  # a resumed run draws new batches
+                                     workers=options.data_workers)
                 bar.set_description(f"vlm {stage.name}")
             batch = batches.next()
             for group in optimizer.param_groups:
@@ -375,7 +377,8 @@ def _options_from_args(args: argparse.Namespace) -> TrainOptions:
                         eval_relevance=args.eval_relevance, eval_qa=args.eval_qa, eval_captions=args.eval_captions,
                         frame_size=args.frame_size, qa_frames=args.qa_frames, log_every=args.log_every,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                        device=args.device, threads=args.threads, resume=args.resume, progress=not args.no_progress)
+                        device=args.device, threads=args.threads, data_workers=args.data_workers,
+                        resume=args.resume, progress=not args.no_progress)
 
 
 def _run_from_args(args: argparse.Namespace) -> int:
@@ -425,8 +428,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     p.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--data-workers", type=int, default=defaults.data_workers,
+                   help="processes making batches (0: one thread); several keep a GPU fed")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/latest.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
     p.set_defaults(func=_run_from_args)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m nodes.shapes_vlm.train vlm ...`, the same as `groundloop train vlm ...`."""
+    return trainer_main(register, "python -m nodes.shapes_vlm.train", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
