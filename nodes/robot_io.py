@@ -15,19 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.messages import Command, Frame, RobotState
 from pipeline.node import Node
 from robot.interface import Robot, RobotObservation
 
 ROBOT_MANISKILL = "maniskill"
+ROBOT_BRIDGE = "bridge"  # a robot server across the network (robot/BRIDGE_PROTOCOL.md)
 VIDEO_FPS = 20
 
 
 class RobotNodeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    robot: Literal["maniskill"] = ROBOT_MANISKILL
+    robot: Literal["maniskill", "bridge"] = ROBOT_MANISKILL
     task: str = "PickCube-v1"
     episodes: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, description="seed of the first episode; episode k uses seed + k")
@@ -36,10 +37,24 @@ class RobotNodeParams(BaseModel):
     camera_height: int = Field(256, ge=16)
     results_path: str | None = None
     video_path: str | None = None
+    # robot: bridge — the task and camera are the server's; tcp:// is CURVE-authenticated unless insecure
+    endpoint: str | None = Field(None, description="the robot server's command endpoint, tcp://HOST:PORT or ipc://PATH")
+    keys_dir: str | None = Field(None, description="CURVE keys made by `groundloop keys DIR`")
+    insecure: bool = Field(False, description="plain tcp without CURVE, for a trusted network only")
+
+    @model_validator(mode="after")
+    def _bridge_needs_endpoint(self) -> "RobotNodeParams":
+        if self.robot == ROBOT_BRIDGE and not self.endpoint:
+            raise ValueError("endpoint: robot: bridge needs the robot server's endpoint (e.g. tcp://127.0.0.1:5555)")
+        return self
 
 
 def make_robot(params: RobotNodeParams) -> Robot:
     """The robot the params name (imported here, so loading a graph stays cheap)."""
+    if params.robot == ROBOT_BRIDGE:
+        from robot.bridge import BridgeRobot
+
+        return BridgeRobot(params.endpoint, keys_dir=params.keys_dir, insecure=params.insecure)
     from sim.maniskill_robot import CameraSpec, ManiSkillRobot
 
     camera = CameraSpec(width=params.camera_width, height=params.camera_height)
