@@ -10,8 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+from sim.bridge_server import add_parser as add_serve_robot
 from sim.replay import DEFAULT_THRESHOLD_M
 from sim.shapes_world.dataset import ALL, DEFAULT_QUESTIONS_PER_KIND, SPLITS
+from sim.shapes_world.referring import DEFAULT_PER_KIND, DEFAULT_SIZE, write_referring_set
 from sim.tasks import PICK_CUBE, TASKS
 
 DEFAULT_DEMOS = 200
@@ -49,6 +51,13 @@ def _shapes_video(args: argparse.Namespace) -> int:
     report = generate_dataset(args.out, args.n, config, seed_start=args.seed, split=args.split,
                               per_kind=args.questions_per_kind, progress=not args.no_progress)
     print(f"shapes-world videos in {args.out}: {len(report['generated'])} written, {len(report['skipped'])} already there")
+    return 0
+
+
+def _referring_set(args: argparse.Namespace) -> int:
+    index = write_referring_set(args.out, args.n, size=args.size, seed_start=args.seed, split=args.split,
+                                per_kind=args.per_kind)
+    print(f"referring stills in {args.out}: {len(index['scenes'])} written")
     return 0
 
 
@@ -136,9 +145,22 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     shapes.set_defaults(func=_shapes_video)
 
+    referring = sub.add_parser("referring-set", help="shapes-world referring-segmentation stills: npz images + "
+                                                     "instance masks, index.json with the expressions")
+    referring.add_argument("--out", default="data/shapes_referring", help="output directory")
+    referring.add_argument("-n", type=int, default=100, help="number of stills")
+    referring.add_argument("--size", type=int, default=DEFAULT_SIZE, help="width and height in pixels")
+    referring.add_argument("--seed", type=int, default=0, help="first seed")
+    referring.add_argument("--split", default=ALL, choices=(*SPLITS, ALL), help="only seeds of this split")
+    referring.add_argument("--per-kind", type=int, default=DEFAULT_PER_KIND, help="expressions of each kind per still")
+    referring.set_defaults(func=_referring_set)
+
+    add_serve_robot(sub)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `sim` command group (demos, oracle, export-lerobot, replay, shapes-video) to a parent CLI."""
+    """Add the `sim` command group (demos, oracle, export-lerobot, replay, shapes-video,
+    referring-set, serve-robot) to a parent CLI."""
     sim = subparsers.add_parser("sim", help="simulation: ManiSkill demos and the oracle, shapes-world videos")
     _add_commands(sim.add_subparsers(dest="sim_command", required=True))
 
