@@ -15,16 +15,29 @@ lossless edge). A restarted node re-emits messages under the seqs it had used; t
 first copy of each (stream, seq). What a node had queued for the sink when it crashed is lost (a
 hard crash only: a stopping node lingers until its queue is delivered). With `--machine`, each
 machine's supervisor records the streams of its own nodes.
+
+The schedule (inproc only): a replay reproduces a run only if every node meets its inputs in the
+same order as live, and two things decided that order which the messages alone do not show: when a
+node emitted (a robot emits step t + 1 while handling the command for step t, in the middle of the
+graph's work, not at a quiet moment) and when an input timeout fired (by the wall clock). So the
+inproc recorder also writes, as MCAP metadata records `groundloop.schedule.NNNNNN` (JSON; metadata,
+so stream listings and readers of the messages are unaffected), one entry per `Dispatch` that
+emitted on a recorded stream — which node handled which input (port, seq), ticked or timed out, and
+what it emitted — and one per timeout, with the last input or tick dispatched before it fired.
+`pipeline.replay` gates a replayed node's emissions on the inputs that caused them and fires the
+recorded timeouts where they fired. A zmq recording has no schedule (its order is not reproducible).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import struct
 import threading
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +45,8 @@ import msgpack
 import numpy as np
 import yaml
 import zmq
+from mcap.exceptions import McapError
+from mcap.reader import make_reader
 
 from pipeline.graph import Graph, RecordSpec
 from pipeline.messages import Message
@@ -44,6 +59,12 @@ METADATA_NAME = "groundloop.graph"
 RECORD_HWM = 1000  # messages a worker may have queued for the recorder before it waits
 RECORD_LINGER_MS = 10_000  # a finishing worker's last messages reach the recorder within this
 POLL_MS = 100
+SCHEDULE_METADATA = "groundloop.schedule"  # pieces are named groundloop.schedule.000000, .000001, ...
+SCHEDULE_ENTRIES_KEY = "entries"
+SCHEDULE_PIECE_ENTRIES = 512  # entries per metadata record: a killed recorder loses at most this many
+ON_INPUT, ON_TICK, ON_TIMEOUT = "input", "tick", "timeout"
+#: what a damaged recording raises while its metadata is read (a recorder killed mid-write)
+_DAMAGE = (McapError, struct.error, ValueError, EOFError, RuntimeError)
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
 
 
@@ -93,13 +114,62 @@ def recorded_messages(path: str | Path, streams: set[str] | None = None) -> Iter
         yield recorded, Message.from_payload(recorded.payload())
 
 
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    """One thing an executor had a node do: handle an input message, tick, or time out on an input.
+    `seq`: the handled message's seq (input); producing ticks before this one (tick); timeouts on
+    `port` before this one (timeout). Within one run each dispatch is unique."""
+
+    node: str
+    on: str  # ON_INPUT, ON_TICK or ON_TIMEOUT
+    port: str = ""
+    seq: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleEntry:
+    """A dispatch of the recorded run, what it emitted on recorded streams and, for a timeout, the
+    input or tick dispatched last before it fired (None: before any)."""
+
+    dispatch: Dispatch
+    emitted: tuple[tuple[str, int], ...] = ()  # (stream, seq)
+    after: Dispatch | None = None
+
+
+def _dispatch_row(dispatch: Dispatch | None) -> list | None:
+    return None if dispatch is None else [dispatch.node, dispatch.on, dispatch.port, dispatch.seq]
+
+
+def _dispatch(row: Sequence | None) -> Dispatch | None:
+    return None if row is None else Dispatch(*row)
+
+
+def read_schedule(path: str | Path) -> list[ScheduleEntry] | None:
+    """The schedule of a recorded inproc run, in dispatch order; None if the recording has none."""
+    pieces: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            for record in make_reader(f).iter_metadata():
+                if record.name.startswith(SCHEDULE_METADATA + "."):
+                    pieces[record.name] = record.metadata[SCHEDULE_ENTRIES_KEY]
+    except _DAMAGE as exc:
+        log.warning("%s: schedule read up to damage (%s)", path, exc)
+    if not pieces:
+        return None
+    return [ScheduleEntry(_dispatch(node), tuple((stream, seq) for stream, seq in emitted), _dispatch(after))
+            for name in sorted(pieces) for node, emitted, after in json.loads(pieces[name])]
+
+
 class Recorder:
-    """The inproc tap: writes every emitted message of a recorded stream."""
+    """The inproc tap: writes every emitted message of a recorded stream, and the run's schedule."""
 
     def __init__(self, spec: RecordSpec, graph: Graph):
         self.streams = set(spec.streams)
         self.writer = open_recording(spec, graph)
         self._schemas: dict[type[Message], dict[str, Any]] = {}
+        self._emitted: list[tuple[str, int]] = []  # by the dispatch under way
+        self._entries: list[list] = []
+        self._pieces = 0
 
     def record(self, message: Message) -> None:
         if message.stream not in self.streams:
@@ -109,8 +179,25 @@ class Recorder:
             self._schemas[cls] = message_schema(cls)
         self.writer.write(message.to_payload(), message.stream, message.stamp_ns, time.monotonic_ns(),
                           message.seq, self._schemas[cls])
+        self._emitted.append((message.stream, message.seq))
+
+    def dispatched(self, dispatch: Dispatch, after: Dispatch | None = None) -> None:
+        """`dispatch` is done: note what it emitted on recorded streams since the last one; a timeout
+        is noted even if it emitted nothing, with `after`, the input or tick dispatched before it."""
+        if self._emitted or dispatch.on == ON_TIMEOUT:
+            self._entries.append([_dispatch_row(dispatch), self._emitted, _dispatch_row(after)])
+            if len(self._entries) >= SCHEDULE_PIECE_ENTRIES:
+                self._write_schedule()
+        self._emitted = []
+
+    def _write_schedule(self) -> None:
+        self.writer.add_metadata(f"{SCHEDULE_METADATA}.{self._pieces:06d}",
+                                 {SCHEDULE_ENTRIES_KEY: json.dumps(self._entries, separators=(",", ":"))})
+        self._pieces += 1
+        self._entries = []
 
     def close(self) -> None:
+        self._write_schedule()  # at least one piece, empty or not: a replay knows the run has a schedule
         self.writer.close()
 
 

@@ -1,14 +1,20 @@
 """Recording runs and replaying them with recorded streams in place of their source nodes."""
+import time
 from collections import defaultdict
+from typing import ClassVar
 
+import numpy as np
 import pytest
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.cli import main
 from pipeline.graph import GraphError, RecordSpec, build_graph, load_graph
 from pipeline.harness import LOG_TIME, NodeHarness, recording_inputs
 from pipeline.inproc import InprocExecutor
-from pipeline.record import recorded_messages
+from pipeline.messages import Command, Tick
+from pipeline.node import Node
+from pipeline.record import ON_INPUT, ON_TICK, ON_TIMEOUT, Dispatch, read_schedule, recorded_messages
 from pipeline.replay import replay_graph
 from pipeline.zmq_executor import ZmqExecutor
 from streaming.recording import read_info, read_messages
@@ -18,6 +24,154 @@ TOY = "tests.pipeline.toy_nodes"
 COUNT = 12
 GAP_S = 0.3  # a pause the recorded source takes once, in the timing test
 DOWNSTREAM = ("double/scaled", "add/sum")
+HERE = "tests.pipeline.test_record_replay"
+LOOP_STEPS = 6
+WATCHDOG_S = 0.2
+SLOW_S = 0.5  # a perception step slower than the controller's watchdog
+LOOP_DOWNSTREAM = ("sensor/cloud", "policy/chunk", "ctl/command")
+
+
+# ---- a closed loop in miniature: the embodied graph's shape with Ticks (test doubles) ---------------
+
+
+class PlantParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = LOOP_STEPS
+
+
+class Plant(Node):
+    """A robot: emits step t's state and frame together, then the next step only on the command
+    answering step t (as RobotNode does)."""
+
+    Params = PlantParams
+    inputs = {"command": Command}
+    outputs = {"state": Tick, "frame": Tick}
+
+    def setup(self) -> None:
+        self.step = -1
+
+    def tick(self) -> bool | None:
+        if self.step >= 0:
+            return None if self.step < self.params.steps else False
+        self.step = 0
+        self._publish()
+        return True
+
+    def on_command(self, msg: Command) -> None:
+        if msg.step == self.step:
+            self.step += 1
+            if self.step < self.params.steps:
+                self._publish()
+
+    def _publish(self) -> None:
+        stamp = time.monotonic_ns()
+        self.emit("state", Tick(value=self.step, stamp_ns=stamp))
+        self.emit("frame", Tick(value=self.step, stamp_ns=stamp))
+
+
+class SensorParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slow_step: int = -1
+    delay_s: float = 0.0
+
+
+class Sensor(Node):
+    """Perception: a frame in, a "cloud" out; `delay_s` longer on step `slow_step`."""
+
+    Params = SensorParams
+    inputs = {"frame": Tick}
+    outputs = {"cloud": Tick}
+
+    def on_frame(self, msg: Tick) -> None:
+        if msg.value == self.params.slow_step:
+            time.sleep(self.params.delay_s)
+        self.emit("cloud", Tick(value=msg.value, stamp_ns=msg.stamp_ns))
+
+
+class Policy(Node):
+    """Acts once per step, when it has the state and the cloud of that step (as the action expert does)."""
+
+    inputs = {"cloud": Tick, "state": Tick}
+    outputs = {"chunk": Tick}
+
+    def setup(self) -> None:
+        self.seen: dict[str, Tick] = {}
+        self.acted = -1
+
+    def on_cloud(self, msg: Tick) -> None:
+        self._observe("cloud", msg)
+
+    def on_state(self, msg: Tick) -> None:
+        self._observe("state", msg)
+
+    def _observe(self, port: str, msg: Tick) -> None:
+        self.seen[port] = msg
+        steps = {m.value for m in self.seen.values()}
+        if len(self.seen) == 2 and len(steps) == 1 and msg.value != self.acted:
+            self.acted = msg.value
+            self.emit("chunk", Tick(value=msg.value, stamp_ns=msg.stamp_ns))
+
+
+class CtlParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ignore_chunks: bool = False  # a changed controller: it only ever holds, on its watchdog
+
+
+class Ctl(Node):
+    """Commands each state with the newest chunk it has; holds when its watchdog fires first."""
+
+    Params = CtlParams
+    inputs = {"chunk": Tick, "state": Tick}
+    outputs = {"command": Command}
+    input_timeouts: ClassVar[dict[str, float]] = {"chunk": WATCHDOG_S}
+
+    def setup(self) -> None:
+        self.chunk: Tick | None = None
+        self.waiting: Tick | None = None
+
+    def on_state(self, msg: Tick) -> None:
+        self.waiting = msg
+        self._command(hold=False)
+
+    def on_chunk(self, msg: Tick) -> None:
+        self.chunk = msg
+        self._command(hold=False)
+
+    def on_timeout(self, port: str) -> None:
+        self._command(hold=True)
+
+    def _command(self, hold: bool) -> None:
+        state = self.waiting
+        if state is None or (not hold and (self.chunk is None or self.params.ignore_chunks)):
+            return
+        self.waiting = None
+        used = -1 if hold else self.chunk.value
+        self.emit("command", Command(action=np.array([state.value, used], np.float32), hold=hold, step=state.value,
+                                     stamp_ns=state.stamp_ns))
+
+
+def loop_graph(slow_step: int = -1) -> dict:
+    return {"name": "loop", "nodes": [
+        {"id": "plant", "uses": f"{HERE}.Plant", "inputs": {"command": {"from": "ctl/command", "policy": "latest"}}},
+        {"id": "sensor", "uses": f"{HERE}.Sensor", "params": {"slow_step": slow_step, "delay_s": SLOW_S},
+         "inputs": {"frame": {"from": "plant/frame", "policy": "latest"}}},
+        {"id": "policy", "uses": f"{HERE}.Policy", "inputs": {"cloud": {"from": "sensor/cloud", "policy": "latest"},
+                                                             "state": {"from": "plant/state", "policy": "latest"}}},
+        {"id": "ctl", "uses": f"{HERE}.Ctl", "inputs": {"chunk": {"from": "policy/chunk", "policy": "queue", "size": 8},
+                                                       "state": {"from": "plant/state", "policy": "latest"}}},
+    ]}
+
+
+def record_graph(graph, out: str):
+    """Run `graph` on inproc recording every stream to `out`; the recording's (stream, seq) in order."""
+    graph.record = RecordSpec(out, [f"{n}/{p}" for n, s in graph.nodes.items() for p in s.cls.outputs])
+    InprocExecutor(graph).run(max_seconds=30)
+    return [(r.stream, m.seq) for r, m in recorded_messages(out)]
+
+
+def commands(path: str) -> list[tuple[int, int, bool]]:
+    """(step, step of the chunk it used (-1: none), hold) of each recorded command."""
+    return [(m.step, int(m.action[1]), m.hold) for _, m in recorded_messages(path, {"ctl/command"})]
 
 
 def toy_graph(count: int = COUNT, period_s: float = 0.0, payload_bytes: int = 64) -> dict:
@@ -70,6 +224,59 @@ def test_record_then_replay_gives_the_live_downstream_outputs(tmp_path):
     stamps = {m.seq: m.stamp_ns for _, m in recorded_messages(recording, {"counter/value"})}
     scaled = [m for _, m in recorded_messages(recording, {"double/scaled"})]
     assert [m.stamp_ns for m in scaled] == [stamps[m.seq] for m in scaled]  # recorded stamps travel downstream
+
+
+def test_a_replayed_closed_loop_meets_its_inputs_in_the_live_order(tmp_path):
+    """The plant emits step t + 1 while it handles command t, with perception's and the policy's work
+    for step t still queued; a replay that gave step t + 1 only once the graph was quiet would let the
+    controller see chunk t first, and command otherwise."""
+    file = write_graph(tmp_path, loop_graph())
+    live, replayed = str(tmp_path / "live.mcap"), str(tmp_path / "replayed.mcap")
+    live_order = record_graph(load_graph(file), live)
+    # the controller answers step t at once with the newest chunk it has, from step t - 2 (an ungated
+    # replay: t - 1); not a design to copy, but one whose outputs show the interleaving
+    assert commands(live) == [(0, 0, False), (1, 0, False)] + [(t, t - 2, False) for t in range(2, LOOP_STEPS)]
+    schedule = read_schedule(live)
+    answers = [e for e in schedule if e.dispatch.node == "plant"]
+    assert answers[0].dispatch == Dispatch("plant", ON_TICK, "", 0)
+    assert [e.dispatch for e in answers[1:]] == [Dispatch("plant", ON_INPUT, "command", t) for t in range(LOOP_STEPS - 1)]
+    assert answers[1].emitted == (("plant/state", 1), ("plant/frame", 1))
+
+    for _ in range(2):
+        assert record_graph(replay_graph(file, live, ["plant"], speed=0), replayed) == live_order  # every message, in order
+        for stream in ("plant/state", *LOOP_DOWNSTREAM):
+            assert [r.data for r in read_messages(replayed, {stream})] == [r.data for r in read_messages(live, {stream})], stream
+
+
+@pytest.mark.parametrize("slow_live", [True, False])
+def test_a_replay_fires_input_timeouts_where_the_recorded_run_did_not_by_the_clock(tmp_path, slow_live):
+    """Live, a slow perception step lets the controller's watchdog fire (or not); a replay as slow or
+    as fast as it likes holds exactly where the live run held."""
+    file = write_graph(tmp_path, loop_graph(slow_step=0))
+    live, replayed = str(tmp_path / "live.mcap"), str(tmp_path / "replayed.mcap")
+    live_order = record_graph(load_graph(file, [] if slow_live else ["sensor.delay_s=0"]), live)
+    held = [hold for _, _, hold in commands(live)]
+    assert held[0] is slow_live and not any(held[1:])
+    fired = [e for e in read_schedule(live) if e.dispatch.on == ON_TIMEOUT and e.dispatch.node == "ctl"]
+    if slow_live:
+        assert fired[-1].after == Dispatch("sensor", ON_INPUT, "frame", 0) and fired[-1].emitted == (("ctl/command", 0),)
+    replay = replay_graph(file, live, ["plant"], speed=0, overrides=["sensor.delay_s=0"] if slow_live else [])
+    assert record_graph(replay, replayed) == live_order
+    for stream in LOOP_DOWNSTREAM:
+        assert [r.data for r in read_messages(replayed, {stream})] == [r.data for r in read_messages(live, {stream})], stream
+
+
+def test_a_replay_whose_graph_changed_falls_back_to_the_clocks_timeouts(tmp_path):
+    """A controller that no longer answers from chunks leaves the replayed plant waiting: its watchdog
+    then fires by the clock, as live, and the replay goes on to the end (the recording's last state,
+    whose answer nothing waits for)."""
+    file = write_graph(tmp_path, loop_graph())
+    live = str(tmp_path / "live.mcap")
+    record_graph(load_graph(file), live)
+    graph = replay_graph(file, live, ["plant"], speed=0, overrides=["ctl.ignore_chunks=true"])
+    seen = run_inproc(graph)
+    assert [v for _, v in seen["plant/state"]] == list(range(LOOP_STEPS))
+    assert [seq for seq, _ in seen["ctl/command"]] == list(range(LOOP_STEPS - 1))
 
 
 def test_a_replayed_source_keeps_the_recorded_stamps_at_any_speed_and_the_gaps_at_speed_one(tmp_path):
@@ -163,18 +370,3 @@ def test_zmq_records_the_same_streams_as_inproc(tmp_path):
         assert [row[:2] for row in contents["zmq"][stream]] == [row[:2] for row in contents["inproc"][stream]], stream
     blobs = [data for _, _, data in contents["zmq"]["counter/blob"]]
     assert [b[0] for b in blobs] == [i % 251 for i in range(COUNT)] and {len(b) for b in blobs} == {200_000}
-
-
-@pytest.mark.slow
-def test_the_embodied_loop_replays_with_the_robot_replaced(tmp_path):
-    """The robot's recorded streams drive perception, planning and the action expert exactly as live.
-    (The controller is left out: it closes the loop, and a replayed robot does not wait for its
-    commands, so states and action chunks reach it in another interleaving than live.)"""
-    live, replayed = tmp_path / "live.mcap", tmp_path / "replay.mcap"
-    short = ["--set", "env.episodes=1", "--set", "env.max_episode_steps=10"]
-    assert main(["record", "configs/pick_cube.yaml", "--out", str(live), *short]) == 0
-    assert main(["replay", str(live), "--graph", "configs/pick_cube.yaml", "--replace", "env", "--speed", "0",
-                 "--out", str(replayed)]) == 0
-    for stream in ("env/state", "env/frame", "cloud/cloud", "planner/waypoints", "expert/actions"):
-        ours, theirs = list(read_messages(live, {stream})), list(read_messages(replayed, {stream}))
-        assert ours and [r.data for r in ours] == [r.data for r in theirs], stream  # bit-exact, stamps included
