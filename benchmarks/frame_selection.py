@@ -201,7 +201,8 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
     if method == AIR:
         S = np.full(len(frames.times_s), np.nan)
         S[scan.indices] = scores
-        analyser = VlmFrameAnalyser(vlm, frames.image, item.question, item.options)
+        analyser = VlmFrameAnalyser(vlm, frames.image, item.question, item.options,
+                                    times_s=frames.times_s if settings.air.frame_time else None)
         selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget)
         answered = answer_from(vlm, frames, selected.frame_indices, item)
         calls = analyser.counts[COUNTER_VLM_CALLS]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,7 @@ ANALYSIS_PROMPT = """You are an expert visual reasoner. Reason step by step, but
 (one frame of a video) matches the query below, considering the answer options.
 
 Query: {question}
-Options:
+{frame_time}Options:
 {options}
 
 Rate the frame on this scale:
@@ -50,6 +50,7 @@ Reasoning: Neither the man nor the box is visible.
 Answer in exactly this format:
 Score: <1-5>
 Reasoning: <one sentence>"""
+FRAME_TIME = "The frame is at {clock} of the video.\n"
 REASONING = re.compile(r"\breason(?:ing)?\s*[:\-]\s*(.+)", re.IGNORECASE)
 
 COUNTER_VLM_CALLS = "vlm_calls"
@@ -71,8 +72,17 @@ class Judgement:
 FrameAnalyser = Callable[[int], Judgement]
 
 
-def analysis_prompt(question: str, options: list[str]) -> str:
-    return ANALYSIS_PROMPT.format(question=question, options=format_options(options) if options else "(none)")
+def video_clock(t_s: float) -> str:
+    """A time in the video as the shapes-world questions write it: "m:ss" ("0:07", "12:30")."""
+    seconds = int(round(t_s))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def analysis_prompt(question: str, options: list[str], time_s: float | None = None) -> str:
+    """The paper's analysis prompt; with `time_s`, also where the frame is in the video."""
+    frame_time = FRAME_TIME.format(clock=video_clock(time_s)) if time_s is not None else ""
+    return ANALYSIS_PROMPT.format(question=question, frame_time=frame_time,
+                                  options=format_options(options) if options else "(none)")
 
 
 def parse_judgement(text: object) -> Judgement:
@@ -89,12 +99,13 @@ def parse_judgement(text: object) -> Judgement:
 
 class VlmFrameAnalyser:
     """Judges frames one VLM call each (one image, greedy), counting calls and each kind of failure
-    in `counts` (COUNTER_* keys)."""
+    in `counts` (COUNTER_* keys). With `times_s` (every frame's time), each prompt says where its
+    frame is in the video."""
 
     def __init__(self, vlm: VlmAdapter, fetch: FrameFetcher, question: str, options: list[str], *,
-                 max_new_tokens: int = ANALYSIS_TOKENS):
+                 max_new_tokens: int = ANALYSIS_TOKENS, times_s: Sequence[float] | None = None):
         self.vlm, self.fetch = vlm, fetch
-        self.prompt = analysis_prompt(question, options)
+        self.question, self.options, self.times_s = question, options, times_s
         self.max_new_tokens = max_new_tokens
         self.counts: Counter[str] = Counter()
 
@@ -106,7 +117,9 @@ class VlmFrameAnalyser:
             return Judgement(None, f"the frame could not be decoded: {exc}"[:REASON_CHARS])
         self.counts[COUNTER_VLM_CALLS] += 1
         try:
-            texts = self.vlm.generate([image], self.prompt, max_new_tokens=self.max_new_tokens)
+            prompt = analysis_prompt(self.question, self.options,
+                                     float(self.times_s[frame]) if self.times_s is not None else None)
+            texts = self.vlm.generate([image], prompt, max_new_tokens=self.max_new_tokens)
         except Exception as exc:  # noqa: BLE001 — whatever the backend raised, this frame has no judgement
             self.counts[COUNTER_VLM_ERRORS] += 1
             return Judgement(None, f"the VLM call failed: {type(exc).__name__}: {exc}"[:REASON_CHARS])

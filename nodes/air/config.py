@@ -61,6 +61,10 @@ class AirConfig:
       frames per iteration with lds_ratio = 1, shared evenly over the newly validated frames (the
       remainder to those with the higher CLIP score): the next iteration then has as many fresh
       frames near the evidence as the output still lacks.
+    Frame time: NOT IN THE PAPER, on by default (`frame_time`): the analysis prompt also says where
+      the frame is in the video ("The frame is at 0:12 of the video."). The paper's prompt carries
+      no time, so a question about a moment ("what appeared at about 0:12?") cannot be judged from
+      one frame: the frame that shows it and one a minute later look alike.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # a misspelt key in a graph's params is an error
@@ -83,6 +87,7 @@ class AirConfig:
     alpha_min_s: float = 15 / PAPER_STORAGE_FPS
     beta: float = 1.5
     lds_ratio: float = 1.0
+    frame_time: bool = True
 
     def __post_init__(self) -> None:
         positive_ints = {"v_min": self.v_min, "v_max": self.v_max, "gmm_max_iter": self.gmm_max_iter,

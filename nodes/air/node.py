@@ -91,7 +91,8 @@ class AirFrameSelection(Node):
             self.count(COUNTER_INVALID_SCORES)
             self.log.error("%s: scores not usable: %s", p.video, exc)
             return
-        analyser = VlmFrameAnalyser(self.vlm, self.frames.image, p.question, p.options, max_new_tokens=p.analysis_tokens)
+        analyser = VlmFrameAnalyser(self.vlm, self.frames.image, p.question, p.options, max_new_tokens=p.analysis_tokens,
+                                    times_s=self.frames.times_s if p.air.frame_time else None)
         result = select_frames_air(S, self.frames.times_s, analyser, p.air, budget=p.budget)
         for name, n in analyser.counts.items():
             self.count(name, n)

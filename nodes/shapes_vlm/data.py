@@ -5,7 +5,8 @@ Three tasks, each an image-prompt-answer triple whose answer comes from the scri
   (canonical order: colour, then shape, as listed in the scene module), or "no shape". LLaVA's
   alignment task: small VLMs trained here on the question tasks alone ignored the image and
   answered the prior (reference/platform.md); naming what is visible first is what made them look.
-- relevance: one frame + A.I.R.'s analysis prompt for a question (`nodes.air.analysis`) →
+- relevance: one frame + A.I.R.'s analysis prompt for a question (`nodes.air.analysis`), mostly with
+  the frame's time in the video →
   "Score: <1-5>\\nReasoning: it shows <the shapes visible>." with the score from `relevance_scores`.
 - qa: a few frames in time order, some inside the question's evidence spans and some outside, + the
   answering prompt (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop
@@ -22,7 +23,8 @@ colour. "In span": the frame's time lies inside one of the question's evidence s
   2  a shape of R visible: related, but it does not help to answer;
   1  nothing of the question in view.
 A frame alone does not show its time, so 5 and 4 (and 3 and 1 in span) differ only by when the
-frame is: the held-out metrics therefore report exact and within-±1 agreement.
+frame is: the prompt says it (A.I.R.'s `frame_time`), and the held-out metrics report exact and
+within-±1 agreement.
 
 Splits are the shapes world's seed splits: training draws train-split scenes only, evaluation
 held-out ones only.
@@ -61,6 +63,7 @@ QUESTION_WORDS = ("What colour was the shape that appeared at about ? Which shap
 VOCABULARY_TEXTS = (CAPTION_PROMPT, NO_SHAPE, SCORE_ANSWER, REASON, QUESTION_WORDS, "the and")
 SCORE_EVIDENCE, SCORE_PARTIAL, SCORE_CONTEXT, SCORE_RELATED, SCORE_IRRELEVANT = 5, 4, 3, 2, 1
 QA_FRAMES = 4
+FRAME_TIME_P = 0.8  # relevance prompts that say where the frame is (A.I.R.'s node does by default)
 TIMESTAMPS_P = 0.5  # QA prompts that state the frames' times (Video-in-the-Loop does, the QA node does not)
 IGNORE_INDEX = -100  # label of a token that is not part of an answer: no loss
 LABEL = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
@@ -192,7 +195,8 @@ class ShapesTasks:
         candidates = np.flatnonzero(scores == score)
         frame = int(candidates[rng.integers(len(candidates))])
         answer = SCORE_ANSWER.format(score=score, reason=REASON.format(shapes=describe(info.shown(frame))))
-        prompt = analysis_prompt(question.question, question.options)
+        time_s = info.scene.seconds(frame) if rng.random() < FRAME_TIME_P else None
+        prompt = analysis_prompt(question.question, question.options, time_s)
         return Example(RELEVANCE, [info.image(frame)], prompt, answer, score)
 
     def qa_frame_indices(self, info: SceneInfo, question: Question, rng: np.random.Generator) -> list[int]:

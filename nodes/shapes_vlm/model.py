@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodes.air.analysis import ANALYSIS_PROMPT
+from nodes.air.analysis import ANALYSIS_PROMPT, FRAME_TIME
 from nodes.clip.model import require_model_dir
 from nodes.model_dir import read_model_meta, write_model_dir
 from nodes.clip.processing import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, vocabulary as clip_vocabulary
@@ -63,7 +63,7 @@ def vocabulary() -> list[str]:
     """The CLIP's special tokens and words first, the image token, then every new word of the texts the
     model reads and writes, in order of first appearance (so the ids never depend on hashing)."""
     split = _pre_tokenizer()
-    texts = [ANALYSIS_PROMPT, ANSWER_PROMPT, TIMELINE, TIMESTAMP, " ".join(OPTION_LETTERS), " ".join(DIGITS),
+    texts = [ANALYSIS_PROMPT, FRAME_TIME, ANSWER_PROMPT, TIMELINE, TIMESTAMP, " ".join(OPTION_LETTERS), " ".join(DIGITS),
              f"{USER}: {ASSISTANT}:", *VOCABULARY_TEXTS]
     words = [word for text in texts for word, _ in split.pre_tokenize_str(PLACEHOLDER.sub(" ", text))]
     clip_words = [w for w in clip_vocabulary() if w not in SPECIAL_TOKENS]

@@ -31,12 +31,12 @@ import numpy as np
 
 from nodes.air.analysis import SCORE_HIGH, SCORE_LOW
 from nodes.clip.data import Prefetcher
-from nodes.clip.model import MissingModelError
+from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
-                                    save_vlm_dir)
+                                    read_meta, save_vlm_dir)
 from nodes.train_budget import budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from nodes.vlm.hf import resolve_device
 from sim.shapes_world.dataset import HELDOUT, TRAIN
@@ -78,6 +78,7 @@ class TrainOptions:
     clip: Path = Path(DEFAULT_CLIP_DIR)
     out: Path = Path(DEFAULT_MODEL_DIR)
     ckpt_dir: Path | None = None  # default: runs/vlm/<out name>
+    init: Path | None = None  # start from this VLM directory's weights (same architecture and vocabulary)
     minutes: float | None = None  # neither minutes nor steps: DEFAULT_MINUTES
     steps: int | None = None
     stages: tuple[Stage, ...] = DEFAULT_STAGES
@@ -254,6 +255,18 @@ def _load_state(options: TrainOptions) -> dict[str, Any] | None:
     return state
 
 
+def load_init_weights(model: "LlavaForConditionalGeneration", directory: Path) -> None:
+    """Copy a trained VLM's weights into `model`; a different vocabulary or shape is an error naming both."""
+    from transformers import LlavaForConditionalGeneration
+
+    trained = LlavaForConditionalGeneration.from_pretrained(directory, local_files_only=True).state_dict()
+    mismatched = sorted(k for k, v in model.state_dict().items() if k not in trained or trained[k].shape != v.shape)
+    if mismatched:
+        raise ValueError(f"--init {directory}: its weights do not fit this VLM (vocabulary or architecture differ): "
+                         f"{', '.join(mismatched[:5])}")
+    model.load_state_dict(trained)
+
+
 def _batch_maker(tasks: ShapesTasks, encoder: Encoder, stage: Stage,
                  size: int) -> Callable[[np.random.Generator], Batch]:
     """Batches of one task each, the task drawn by the stage's mix."""
@@ -277,9 +290,16 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
     device = resolve_device(options.device)
     torch.set_num_threads(options.threads)
     state = _load_state(options)
-    config = VlmShapesConfig.from_dict(state["config"]) if state is not None else (config or VlmShapesConfig())
+    if state is not None:
+        config = VlmShapesConfig.from_dict(state["config"])
+    elif options.init is not None:
+        config = VlmShapesConfig.from_dict(read_meta(require_model_dir(options.init))["config"])
+    else:
+        config = config or VlmShapesConfig()
     torch.manual_seed(options.seed)
     model, processor = build_vlm(options.clip, config)
+    if state is None and options.init is not None:
+        load_init_weights(model, options.init)
     encoder = Encoder(processor, image_tokens(model.config.vision_config), ImagePreprocessor.from_dir(options.clip))
     step, stage_index, stage_start, elapsed_s, curve, last_eval = 0, 0, 0, 0.0, [], {}
     if state is not None:
@@ -300,6 +320,7 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
     def checkpoint(final: bool) -> None:
         meta = {"train": {"step": step, "elapsed_s": round(elapsed_s, 1), "final": final, "device": str(device),
                           "parameters": n_params, "clip": str(options.clip), "batch_size": options.batch_size,
+                          "init": str(options.init) if options.init is not None else None,
                           "stages": [asdict(stage) for stage in options.stages],
                           "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed},
                 "heldout": last_eval}
@@ -371,7 +392,8 @@ def _options_from_args(args: argparse.Namespace) -> TrainOptions:
     align, tasks = DEFAULT_STAGES
     stages = (replace(align, share=args.align_share), replace(tasks, share=1.0 - args.align_share))
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else None
-    return TrainOptions(clip=Path(args.clip), out=Path(args.out), ckpt_dir=ckpt_dir, minutes=args.minutes,
+    init = Path(args.init) if args.init else None
+    return TrainOptions(clip=Path(args.clip), out=Path(args.out), ckpt_dir=ckpt_dir, init=init, minutes=args.minutes,
                         steps=args.steps, stages=stages, batch_size=args.batch_size, lr=args.lr,
                         vision_lr=args.vision_lr, train_scenes=args.train_scenes, eval_scenes=args.eval_scenes,
                         eval_relevance=args.eval_relevance, eval_qa=args.eval_qa, eval_captions=args.eval_captions,
@@ -404,6 +426,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "in memory")
     p.add_argument("--clip", default=DEFAULT_CLIP_DIR, help="the trained CLIP directory whose vision tower is used")
     p.add_argument("--out", default=DEFAULT_MODEL_DIR, help="checkpoint directory to write")
+    p.add_argument("--init", help="start from this trained VLM directory (its architecture; use --align-share 0)")
     p.add_argument("--ckpt-dir", help="resumable state and metrics (default runs/vlm/<out name>)")
     p.add_argument("--minutes", type=float, help=f"time budget (default {DEFAULT_MINUTES:g} when --steps is not given)")
     p.add_argument("--steps", type=int, help="step budget (with --minutes: whichever comes first)")

@@ -49,3 +49,13 @@ def test_the_analyser_counts_calls_and_each_kind_of_failure():
     assert "HTTP 500" in results[2].reason and "could not be decoded" in results[3].reason
     assert analyse.counts == {COUNTER_VLM_CALLS: 3, COUNTER_INVALID: 1, COUNTER_VLM_ERRORS: 1, COUNTER_FRAME_ERRORS: 1}
     assert vlm.calls == [[0], [1], [2]] and QUESTION in vlm.prompts[0]
+
+
+def test_with_frame_times_each_prompt_says_where_its_frame_is():
+    vlm = RuleVlm(lambda frames, prompt: "Score: 3\nReasoning: context.")
+    analyse = VlmFrameAnalyser(vlm, IndexedFrames(3).image, QUESTION, OPTIONS, times_s=[0.0, 7.4, 72.5])
+    for frame in (1, 2):
+        analyse(frame)
+    assert "The frame is at 0:07 of the video." in vlm.prompts[0]
+    assert "The frame is at 1:12 of the video." in vlm.prompts[1]  # 72.5 s rounds to the even 72
+    assert "The frame is at" not in analysis_prompt(QUESTION, OPTIONS)  # the paper's prompt, without times

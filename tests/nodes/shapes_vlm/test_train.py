@@ -13,11 +13,11 @@ import torch
 
 from nodes.clip.model import MissingModelError
 from nodes.clip.processing import ImagePreprocessor
-from nodes.shapes_vlm.config import image_tokens
+from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import LM, META_FILE, PROJECTOR, VISION, build_vlm, model_parts
 from nodes.shapes_vlm.train import (DEFAULT_STAGES, STATE_FILE, Stage, TrainOptions, prepare_stage,
-                                    register, stage_at, train_step, train_vlm)
+                                    load_init_weights, register, stage_at, train_step, train_vlm)
 from nodes.train_budget import warmup_cosine_lr
 from nodes.vlm import load_vlm
 from sim.shapes_world.dataset import TRAIN
@@ -110,3 +110,25 @@ def test_a_missing_clip_is_an_error_naming_the_clip_trainer(tmp_path: Path, caps
     assert args.func(args) == 2
     assert "groundloop train clip" in capsys.readouterr().err
     assert not (tmp_path / "vlm").exists()
+
+
+def test_init_starts_from_a_trained_vlm_and_refuses_another_architecture(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = ["--clip", str(tiny_clip_dir), "--steps", "1", *TINY_ARGS]
+    args = _parser().parse_args(["vlm", "--out", str(first), "--ckpt-dir", str(tmp_path / "r1"), *base])
+    assert args.func(args) == 0
+    trained = load_vlm({"hf": str(first), "device": "cpu"}).model.state_dict()
+    options = TrainOptions(clip=tiny_clip_dir, out=second, ckpt_dir=tmp_path / "r2", init=first, steps=1, lr=0.0,
+                           batch_size=2, train_scenes=4, eval_scenes=2, eval_relevance=2, eval_qa=2, eval_captions=2,
+                           frame_size=TINY_FRAME_PX, qa_frames=2, threads=1, progress=False)
+    train_vlm(options)  # one step at lr 0: the written model is the init's weights, unchanged
+    copied = load_vlm({"hf": str(second), "device": "cpu"}).model.state_dict()
+    assert all(torch.equal(trained[k], copied[k]) for k in trained)
+    assert json.loads((second / META_FILE).read_text())["train"]["init"] == str(first)
+
+    same = VlmShapesConfig(hidden_size=32, layers=1, heads=2, kv_heads=2)  # what TINY_ARGS build
+    other, _ = build_vlm(tiny_clip_dir, same)
+    wider, _ = build_vlm(tiny_clip_dir, VlmShapesConfig(hidden_size=64, layers=1, heads=2, kv_heads=2))
+    load_init_weights(other, first)  # the same architecture loads
+    with pytest.raises(ValueError, match="do not fit this VLM"):
+        load_init_weights(wider, first)
