@@ -2,7 +2,7 @@
 report what happened — success rate, episode lengths, per-node latency — as a table and a JSON line.
 
 The graph's robot node (the one node of kind `RobotNode`) is told the episodes and seeds; everything
-else runs as the graph file says, on either executor.
+else runs as the graph file says, on any executor.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.executors import EXECUTORS, INPROC, ZMQ, make_executor
 from pipeline.graph import Graph, GraphError, load_graph
 from pipeline.metrics import format_table
 from nodes.robot_io import RobotNode
@@ -44,14 +45,7 @@ def evaluate(graph_file: str, episodes: int, seed: int, executor: str = "inproc"
         if video_path:
             settings.append(f"{env}.video_path={video_path}")
         graph = load_graph(graph_file, (overrides or []) + settings)
-        if executor == "zmq":
-            from pipeline.zmq_executor import ZmqExecutor
-
-            runner = ZmqExecutor(graph)
-        else:
-            from pipeline.inproc import InprocExecutor
-
-            runner = InprocExecutor(graph)
+        runner = make_executor(graph, executor)
         started = time.monotonic()
         metrics = runner.run(max_seconds=max_seconds)
         wall = time.monotonic() - started
@@ -108,7 +102,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluation.add_argument("graph")
     evaluation.add_argument("--episodes", type=int, default=50)
     evaluation.add_argument("--seed", type=int, default=1000)
-    evaluation.add_argument("--executor", choices=("inproc", "zmq"), default="inproc")
+    evaluation.add_argument("--executor", choices=EXECUTORS, default=INPROC)
     evaluation.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
     evaluation.add_argument("--video", default=None, help="write episode 0 to this MP4")
     evaluation.add_argument("--max-seconds", type=float, default=None)
@@ -116,5 +110,5 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser("demo", help=f"the main job: {DEMO_GRAPH} for a few episodes with the shipped models")
     demo.add_argument("--episodes", type=int, default=DEMO_EPISODES)
-    demo.add_argument("--executor", choices=("inproc", "zmq"), default="zmq")
+    demo.add_argument("--executor", choices=EXECUTORS, default=ZMQ)
     demo.set_defaults(func=_demo)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.executors import EXECUTORS, make_executor
 from pipeline.graph import Graph, GraphError, load_graph, parse_record
 from pipeline.metrics import format_table
 from pipeline.node import resolve_node_class
@@ -23,7 +24,6 @@ from streaming.recording import RecordingError, read_info, repair
 
 COMMAND_ENTRY_POINT_GROUP = "groundloop.commands"
 TRAIN_ENTRY_POINT_GROUP = "groundloop.train"  # `groundloop train <model>`
-EXECUTORS = ("inproc", "zmq")
 BUILTIN_COMMANDS = ("run", "validate", "graph", "keys", "record", "replay")
 BYTES_PER_MB = 1e6
 
@@ -55,14 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _execute(graph: Graph, args: argparse.Namespace) -> int:
-    if args.executor == "zmq":
-        from pipeline.zmq_executor import ZmqExecutor
-
-        executor = ZmqExecutor(graph, machine=args.machine)
-    else:
-        from pipeline.inproc import InprocExecutor
-
-        executor = InprocExecutor(graph)
+    executor = make_executor(graph, args.executor, machine=args.machine, ray_address=args.ray_address)
 
     def show(snapshots: list[dict]) -> None:
         print(format_table(snapshots), flush=True)
@@ -145,6 +138,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-json", default=None, help="also write the final metrics to this file")
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--machine", default=None, help="zmq: run only the nodes placed on this machine")
+    parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                        help="ray: the cluster's head (`ray start --head`); default: a local Ray on loopback")
 
 
 def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:

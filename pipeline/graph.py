@@ -19,7 +19,9 @@ POLICY_LATEST = "latest"
 POLICY_QUEUE = "queue"
 POLICIES = (POLICY_LATEST, POLICY_QUEUE)
 DEFAULT_QUEUE_SIZE = 16
-NODE_KEYS = {"id", "uses", "params", "inputs", "rate_hz", "machine", "restart", "hang_timeout_s", "startup_timeout_s"}
+NODE_KEYS = {"id", "uses", "params", "inputs", "rate_hz", "machine", "restart", "hang_timeout_s", "startup_timeout_s",
+             "resources"}
+RESOURCE_KEYS = {"num_cpus", "num_gpus", "node"}
 INPUT_KEYS = {"from", "policy", "size", "timeout"}
 GRAPH_KEYS = {"name", "description", "nodes", "transport", "record"}
 RECORD_KEYS = {"out", "streams"}
@@ -60,6 +62,17 @@ class RestartPolicy:
 
 
 @dataclass
+class ResourceSpec:
+    """What a node asks of a Ray cluster (the ray executor; the others ignore it): CPUs and GPUs, and the
+    Ray node it must run on, named by a custom resource that node offers (`ray start --resources
+    '{"gpu_box": 1}'`) or by Ray's own `node:<ip>`."""
+
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    node: str | None = None
+
+
+@dataclass
 class NodeSpec:
     id: str
     uses: str
@@ -71,6 +84,7 @@ class NodeSpec:
     hang_timeout_s: float | None = None
     startup_timeout_s: float | None = None
     raw_params: dict[str, Any] = field(default_factory=dict)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
 
 
 @dataclass
@@ -217,8 +231,28 @@ def _node_spec(raw: Any, index: int, file: str) -> tuple[NodeSpec, dict]:
         id=node_id, uses=uses, cls=cls, params=validated, rate_hz=rate, machine=raw.get("machine"),
         restart=restart_policy, hang_timeout_s=raw.get("hang_timeout_s"),
         startup_timeout_s=raw.get("startup_timeout_s"), raw_params=params,
+        resources=_resources(raw.get("resources"), node_id, file),
     )
     return spec, inputs
+
+
+def _resources(raw: Any, node_id: str, file: str) -> ResourceSpec:
+    """`{num_cpus: N, num_gpus: N, node: NAME}`, every key optional."""
+    if raw is None:
+        return ResourceSpec()
+    if not isinstance(raw, dict):
+        raise GraphError(file, node_id, "resources", "must be a mapping {num_cpus: N, num_gpus: N, node: NAME}")
+    unknown = set(raw) - RESOURCE_KEYS
+    if unknown:
+        raise GraphError(file, node_id, f"resources.{sorted(unknown)[0]}", f"unknown key (allowed: {', '.join(sorted(RESOURCE_KEYS))})")
+    for key in ("num_cpus", "num_gpus"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise GraphError(file, node_id, f"resources.{key}", "must be a number >= 0")
+    node = raw.get("node")
+    if node is not None and (not isinstance(node, str) or not node):
+        raise GraphError(file, node_id, "resources.node", "must be the name of a custom resource of a Ray node (or node:<ip>)")
+    return ResourceSpec(raw.get("num_cpus"), raw.get("num_gpus"), node)
 
 
 def _edges(node_id: str, inputs: dict, nodes: dict[str, NodeSpec], file: str) -> list[Edge]:

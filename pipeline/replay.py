@@ -48,7 +48,7 @@ from streaming.recording import read_info
 REPLAY_USES = "pipeline.replay.ReplaySource"
 MAX_BLOCK_S = 0.02  # a message due this soon is waited for inside tick(), for accurate timing
 NS_PER_S = 1_000_000_000
-KEPT_NODE_KEYS = ("id", "inputs", "machine", "restart", "hang_timeout_s", "startup_timeout_s")
+KEPT_NODE_KEYS = ("id", "inputs", "machine", "restart", "hang_timeout_s", "startup_timeout_s", "resources")
 
 
 class ReplayParams(BaseModel):
