@@ -4,10 +4,11 @@ Chunks from the action expert overlap (a 16-step chunk is re-planned every few s
 predicted for the same robot step are blended, newest weighted `new_weight` (LeRobot's
 `weighted_average` uses 0.7), which smooths the seams between chunks. Each robot state asks for the
 command of its step; if no chunk covers it yet, the controller waits for one — at most the actions
-watchdog's deadline, then it holds. Every command passes `robot.safety.enforce`: workspace box,
-per-step translation and rotation, gripper range, NaN/inf rejection. An engaged e-stop holds until
-released. None of this can be switched off by params; params can only make limits tighter. Every
-clamp and hold is counted in the node's metrics.
+watchdog's deadline, then it holds; while the planner's plan is invalid (the `plan` input: the target
+is absent or out of view) it holds at once, with the planner's reason. Every command passes
+`robot.safety.enforce`: workspace box, per-step translation and rotation, gripper range, NaN/inf
+rejection. An engaged e-stop holds until released. None of this can be switched off by params;
+params can only make limits tighter. Every clamp and hold is counted in the node's metrics.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.messages import ActionChunk, Command, EStop, RobotState
+from pipeline.messages import ActionChunk, Command, EStop, RobotState, Waypoints
 from pipeline.node import Node
 from robot.safety import GRIPPER_INDEX, HARD_LIMITS, SafetyLimits, enforce, hold_action
 
@@ -36,7 +37,7 @@ class ControllerParams(BaseModel):
 
 class Controller(Node):
     Params = ControllerParams
-    inputs = {"actions": ActionChunk, "state": RobotState, "estop": EStop}
+    inputs = {"actions": ActionChunk, "state": RobotState, "estop": EStop, "plan": Waypoints}
     outputs = {"command": Command}
     input_timeouts: ClassVar[dict[str, float]] = {"actions": WATCHDOG_DEADLINE_S}
 
@@ -48,6 +49,7 @@ class Controller(Node):
         self.waiting: RobotState | None = None  # a state whose command is not out yet
         self.gripper = GRIPPER_OPEN
         self.estop: EStop | None = None
+        self.no_plan: tuple[int, str] | None = None  # (episode, the planner's reason) while its plan is invalid
 
     def on_state(self, msg: RobotState) -> None:
         if msg.episode != self.episode:
@@ -83,6 +85,10 @@ class Controller(Node):
             self.log.warning("e-stop engaged: %s", msg.reason or "no reason given")
             self._try_command()
 
+    def on_plan(self, msg: Waypoints) -> None:
+        self.no_plan = None if msg.valid else (msg.episode, msg.reason)
+        self._try_command()
+
     def on_timeout(self, port: str) -> None:
         if port == "actions" and self.waiting is not None:
             self._hold("watchdog")
@@ -94,6 +100,9 @@ class Controller(Node):
         if self.estop is not None:
             self._hold("estop")
             return
+        if self.no_plan is not None and self.no_plan[0] == state.episode:
+            self._hold("no_plan", self.no_plan[1])
+            return
         action = self.planned.pop(state.step, None)
         if action is None:
             return  # wait for a chunk that covers this step (the watchdog bounds the wait)
@@ -104,13 +113,14 @@ class Controller(Node):
         for clamp in result.clamps:
             self.count(f"clamp_{clamp}")
         self.gripper = float(result.action[GRIPPER_INDEX])
-        self._send(Command(action=result.action, episode=state.episode, step=state.step, frame_id=FRAME_BASE))
+        self._send(Command(action=result.action, episode=state.episode, step=state.step, frame_id=FRAME_BASE,
+                           stamp_ns=state.stamp_ns))  # the state it answers: a replay reproduces it
 
     def _hold(self, why: str, detail: str = "") -> None:
         state = self.waiting
         self.count(f"hold_{why}")
         self._send(Command(action=hold_action(self.gripper), hold=True, reason=detail or why,
-                           episode=state.episode, step=state.step, frame_id=FRAME_BASE))
+                           episode=state.episode, step=state.step, frame_id=FRAME_BASE, stamp_ns=state.stamp_ns))
 
     def _send(self, command: Command) -> None:
         self.waiting = None

@@ -6,7 +6,8 @@ target's footprint (minimum-area rectangle of its points seen from above) neares
 current closing axis; then pre-grasp above it, lift, and the goal (pick), a push line (push) or the
 placement above the base cube (stack). Waypoints are emitted in the camera frame with the camera →
 base transform, as a VLM planner would give them. A target with too few visible points gets an
-invalid plan that says so, and no motion follows from it.
+invalid plan that says so, and no motion follows from it; when a grounding node (the `target` input)
+found no target for the instruction, the plan says that instead.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from nodes.grounding import TargetMask
 from pipeline.messages import PointCloud, RobotState, Waypoints
 from pipeline.node import Node
 from sim.pointcloud import invert_transform, matrix_to_pose, pose_to_matrix, transform_points
@@ -106,15 +108,19 @@ def plan_waypoints(task: str, target_base: np.ndarray, ee_pose: np.ndarray, goal
 
 class GeometricPlanner(Node):
     Params = PlannerParams
-    inputs = {"cloud": PointCloud, "state": RobotState}
+    inputs = {"cloud": PointCloud, "state": RobotState, "target": TargetMask}
     outputs = {"waypoints": Waypoints}
 
     def setup(self) -> None:
         self.state: RobotState | None = None
         self.planned_episode = -1
+        self.absent: tuple[int, str] | None = None  # (episode, why) while the grounding finds no target
 
     def on_state(self, msg: RobotState) -> None:
         self.state = msg
+
+    def on_target(self, msg: TargetMask) -> None:
+        self.absent = (msg.episode, msg.reason) if len(msg.masks) == 0 else None
 
     def on_cloud(self, msg: PointCloud) -> None:
         state = self.state
@@ -129,7 +135,9 @@ class GeometricPlanner(Node):
         target = msg.xyz[msg.is_target]
         target = target[np.all(np.isfinite(target), axis=1)]
         if len(target) < self.params.min_target_points:
-            self._invalid(msg, f"target not visible: {len(target)} points (need {self.params.min_target_points})")
+            grounded = self.absent is not None and self.absent[0] == msg.episode
+            self._invalid(msg, f"grounding: {self.absent[1]}" if grounded else
+                          f"target not visible: {len(target)} points (need {self.params.min_target_points})")
             return
         if state.goal_pos is None or not np.all(np.isfinite(state.goal_pos)):
             self._invalid(msg, "no goal position in the robot state")

@@ -18,7 +18,7 @@ import numpy as np
 
 from robot.interface import RobotObservation
 from sim.maniskill_robot import GRIPPER_CLOSED, GRIPPER_OPEN, ManiSkillRobot
-from sim.tasks import PICK_CUBE, PUSH_CUBE, STACK_CUBE
+from sim.tasks import GROUNDED_PICK_CUBE, PICK_CUBE, PUSH_CUBE, STACK_CUBE
 
 #: called with each observation and the action then executed
 StepCallback = Callable[[RobotObservation, np.ndarray], None]
@@ -105,7 +105,8 @@ class MotionPlanningExpert:
         )
         self.planner = solver.planner
         self._ee_index = self.planner.link_name_2_idx[self.planner.move_group]
-        self._script = {PICK_CUBE: _pick_cube, PUSH_CUBE: _push_cube, STACK_CUBE: _stack_cube}[robot.spec.name]
+        self._script = {PICK_CUBE: _pick_cube, GROUNDED_PICK_CUBE: _pick_cube, PUSH_CUBE: _push_cube,
+                        STACK_CUBE: _stack_cube}[robot.spec.name]  # grounded: env.cube is the named target
         self._on_step: StepCallback | None = None
 
     # ------------------------------------------------------------------ episode

@@ -8,6 +8,7 @@ base frame, which is *not* the world origin in ManiSkill (the Panda stands at x 
 """
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,9 @@ class ManiSkillRobot(Robot):
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the tasks)
         from mani_skill.utils import sapien_utils
+
+        if self.spec.env_module is not None:
+            importlib.import_module(self.spec.env_module)  # registers a task of our own
 
         kwargs: dict[str, Any] = dict(
             obs_mode="state",
@@ -234,7 +238,9 @@ class ManiSkillRobot(Robot):
         """Goal and target (base frame), success, the task's own evaluation (why an episode failed: e.g.
         PickCube's is_grasped, is_obj_placed, is_robot_static) and episode progress: the observation's `extras`."""
         evaluation = {name: float(value[0]) for name, value in self.env.evaluate().items() if value.numel() == 1}
+        instruction = {"instruction": self.env.instruction} if self.spec.has_instruction else {}
         return {
+            **instruction,
             "task": self.spec.name,
             "target_name": self.spec.target_actor,
             "target_pose": self.world_to_base_pose(self.spec.target_pose_world(self.env)),

@@ -14,6 +14,7 @@ import numpy as np
 PICK_CUBE = "PickCube-v1"
 PUSH_CUBE = "PushCube-v1"
 STACK_CUBE = "StackCube-v1"
+GROUNDED_PICK_CUBE = "GroundedPickCube-v1"  # defined in sim/grounded_pick.py
 
 #: segmentation names removed by the workspace crop: scene, robot base, flat goal markers
 BACKGROUND_NAMES: tuple[str, ...] = ("ground", "table-workspace", "panda_link0", "goal_region", "goal_site")
@@ -48,6 +49,8 @@ class TaskSpec:
     name: str
     target_actor: str  # the object the expert moves; its points are `cloud_is_target`
     goal_fn: Callable[[Any], np.ndarray]  # unwrapped env -> world-frame goal position of the target
+    env_module: str | None = None  # a module whose import registers the task (None: one of ManiSkill's own)
+    has_instruction: bool = False  # the env says in words which object is the target (`env.instruction`)
 
     def goal_world(self, env: Any) -> np.ndarray:
         """World-frame goal position (3,) for the env's current episode."""
@@ -67,6 +70,9 @@ TASKS: dict[str, TaskSpec] = {
     PICK_CUBE: TaskSpec(PICK_CUBE, target_actor="cube", goal_fn=_pick_goal),
     PUSH_CUBE: TaskSpec(PUSH_CUBE, target_actor="cube", goal_fn=_push_goal),
     STACK_CUBE: TaskSpec(STACK_CUBE, target_actor="cubeA", goal_fn=_stack_goal),
+    # the env points its `cube` at the instructed cube each episode; the pixels are named by colour
+    GROUNDED_PICK_CUBE: TaskSpec(GROUNDED_PICK_CUBE, target_actor="cube", goal_fn=_pick_goal,
+                                 env_module="sim.grounded_pick", has_instruction=True),
 }
 
 

@@ -18,11 +18,6 @@ pytestmark = pytest.mark.slow
 GRAPH = "configs/pick_cube.yaml"
 SHORT = ["env.episodes=1", "env.max_episode_steps=20"]
 REPLACED = "env"
-#: streams whose producer stamps with the wall clock, not with the capture time of what it answers
-#: (the controller's Command): all their other fields must match
-WALL_CLOCK_STAMPED = {"controller/command"}
-
-
 def run_recorded(graph, out: str) -> list[tuple[str, Message]]:
     """Run on inproc recording every stream to `out`; the recording's messages, in order."""
     graph.record = RecordSpec(out, [f"{n}/{p}" for n, s in graph.nodes.items() for p in s.cls.outputs])
@@ -31,13 +26,11 @@ def run_recorded(graph, out: str) -> list[tuple[str, Message]]:
     return [(recorded.stream, message) for recorded, message in recorded_messages(out)]
 
 
-def content(message: Message, stamped: bool) -> dict:
-    """Every field, arrays as (dtype, shape, bytes); the stamp only if `stamped`."""
+def content(message: Message) -> dict:
+    """Every field, the stamp included; arrays as (dtype, shape, bytes)."""
     out = {}
     for f in dataclasses.fields(message):
         value = getattr(message, f.name)
-        if f.name == "stamp_ns" and not stamped:
-            continue
         out[f.name] = (value.dtype.str, value.shape, value.tobytes()) if isinstance(value, np.ndarray) else value
     return out
 
@@ -51,6 +44,6 @@ def test_a_replay_with_the_robot_replaced_reproduces_every_downstream_output(tmp
     assert downstream == {"cloud/cloud", "planner/waypoints", "expert/actions", "controller/command"}
     assert [(s, m.seq) for s, m in replayed] == [(s, m.seq) for s, m in live]  # the same messages in the same order
     for stream in sorted(streams):
-        ours = [content(m, stream not in WALL_CLOCK_STAMPED) for s, m in live if s == stream]
-        theirs = [content(m, stream not in WALL_CLOCK_STAMPED) for s, m in replayed if s == stream]
+        ours = [content(m) for s, m in live if s == stream]
+        theirs = [content(m) for s, m in replayed if s == stream]
         assert ours and ours == theirs, stream
