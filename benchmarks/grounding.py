@@ -1,0 +1,312 @@
+"""Referring segmentation on held-out shapes-world stills (sim/shapes_world/referring.py), part by part.
+
+Each part is one function that measures one method on the same held-out stills and returns its figures;
+the JSON on the last line holds one key per part. Parts:
+- kv_probe (`--probe-only` runs just this): the visual-KV probe (nodes/kv_probe, reference/papers.md §7)
+  on the VLM's per-layer image value tokens — the per-layer curve, with and without input-agnostic key
+  blocking (keys found on train-split stills), with and without a text prefix before the image
+  (--prefix: the expression itself, or a fixed text).
+- uground: not here yet. Its part goes beside `kv_probe_part` (mode 1 / mode 3 / no mask prompt;
+  gIoU, cIoU, empty-target accuracy; similarity-map IoU per layer; the learned layer distribution),
+  registered in PARTS, reusing `referring_stills`, `iou` and `summarise_ious`.
+
+Metrics. Per expression, IoU of the predicted and target masks. gIoU: the mean IoU over expressions
+(LISA/UGround's gIoU; "mIoU" here); cIoU: total intersection / total union. The probe cannot reject
+(every map has a maximum), so empty-target expressions are counted but not scored. The baseline is
+the floor any map must beat: the whole image as the mask (IoU = target area share). The grid oracle is
+the ceiling of a T-token map: the target's own per-token coverage through the same resize and threshold.
+Threshold-free: token AUC of the raw dot products, target tokens (cells ≥ 25 % covered by the target)
+against every other token, and against tokens of the other shapes only — above 0.5 against other shapes
+is what referring needs; against everything, telling shapes from background is enough. Masks threshold
+each min–max map at 0.5 (zero-shot), and at the per-layer threshold that maximises gIoU on train stills.
+
+    python benchmarks/grounding.py [--quick] [--probe-only] [--vlm DIR] [--stills N] [--prefix expression|TEXT]
+
+A table per part, then one JSON object with every figure as the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.kv_probe import KvProbe
+
+KV_PROBE = "kv_probe"
+DEFAULT_VLM = "models/vlm_shapes"
+DEFAULT_STILLS, QUICK_STILLS = 100, 25  # held-out stills
+DEFAULT_TRAIN_STILLS, QUICK_TRAIN_STILLS = 30, 10  # train stills, to choose the per-layer threshold
+DEFAULT_CALIBRATION, QUICK_CALIBRATION = 64, 32  # train stills, to find the input-agnostic keys
+HELDOUT_START = 0  # the referring set's own seed split: every fifth seed is held out
+TRAIN_START = 100_000  # train stills for thresholds and calibration, far from the held-out seeds
+PREFIX_EXPRESSION = "expression"  # --prefix: the expression itself before the image
+ZERO_SHOT_THRESHOLD = 0.5
+THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)  # the train-split search
+TOKEN_POSITIVE = 0.25  # a token is the target's when the target covers this share of its cell
+PLAIN, BLOCKED, PREFIX, PREFIX_BLOCKED = "plain", "blocked", "prefix", "prefix_blocked"
+CONDITIONS = {PLAIN: (False, False), BLOCKED: (False, True), PREFIX: (True, False), PREFIX_BLOCKED: (True, True)}
+EXIT_MISSING_MODEL = 2
+
+
+@dataclass
+class Still:
+    """One referring still: its image, instance masks and expressions (text, kind, target mask)."""
+
+    seed: int
+    image: np.ndarray  # (H, W, 3) uint8
+    instances: np.ndarray  # (N, H, W) bool
+    expressions: list[tuple[str, str, np.ndarray]]  # (text, kind, target (H, W) bool)
+
+
+def referring_stills(split: str, n: int, start: int) -> list[Still]:
+    """`n` stills of `split`, made in memory from their seeds."""
+    from sim.shapes_world.dataset import seeds_for
+    from sim.shapes_world.referring import make_expressions, make_scene
+
+    stills = []
+    for seed in seeds_for(split, n, start):
+        scene = make_scene(seed)
+        expressions = [(e.text, e.kind, scene.target_mask(e.targets)) for e in make_expressions(scene)]
+        stills.append(Still(seed, scene.image(), scene.instance_masks(), expressions))
+    return stills
+
+
+def iou(masks: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., H, W) bool masks against (H, W): intersections and unions, (...) each."""
+    return (masks & target).sum((-2, -1)), (masks | target).sum((-2, -1))
+
+
+def summarise_ious(inter: np.ndarray, union: np.ndarray) -> dict[str, Any]:
+    """(E, ...) intersections and unions of E expressions → gIoU and cIoU, (...) each, as lists."""
+    giou = (inter / np.maximum(union, 1)).mean(0)
+    ciou = inter.sum(0) / np.maximum(union.sum(0), 1)
+    return {"giou": np.round(giou, 4).tolist(), "ciou": np.round(ciou, 4).tolist()}
+
+
+def token_auc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """(L, T) scores → (L,) AUC of positive against negative tokens (NaN when either set is empty)."""
+    pos, neg = scores[:, positive], scores[:, negative]  # (L, P), (L, N)
+    if pos.shape[1] == 0 or neg.shape[1] == 0:
+        return np.full(scores.shape[0], np.nan)
+    diff = pos[:, :, None] - neg[:, None, :]  # (L, P, N)
+    return (diff > 0).mean((1, 2)) + 0.5 * (diff == 0).mean((1, 2))
+
+
+def cell_coverage(mask: np.ndarray, box: Any, grid_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool → (T,): the share of each grid cell's pixels inside the mask (the box the grid covers)."""
+    import torch
+    import torch.nn.functional as F
+
+    crop = torch.from_numpy(mask[box.top: box.top + box.height, box.left: box.left + box.width]).float()
+    return F.adaptive_avg_pool2d(crop[None, None], grid_hw).flatten().numpy()  # (T,)
+
+
+@dataclass
+class ProbeRecord:
+    """One expression under one condition: IoU parts per layer and threshold, and token AUCs."""
+
+    kind: str
+    inter: np.ndarray  # (K, L) per threshold of THRESHOLDS and layer
+    union: np.ndarray  # (K, L)
+    auc_all: np.ndarray  # (L,)
+    auc_objects: np.ndarray  # (L,)
+
+
+def probe_expression(probe: "KvProbe", still: Still, text: str, target: np.ndarray, prefix: str | None,
+                     blocked: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """IoU parts (K, L) over THRESHOLDS and the two token AUCs (L,) of one expression."""
+    from nodes.kv_probe import probe_maps, probe_scores
+
+    result = probe.run(still.image, text, prefix=prefix, blocked=blocked)
+    maps = probe_maps(result).numpy()  # (L, H, W)
+    inter, union = iou(maps[None] >= THRESHOLDS[:, None, None, None], target)  # (K, L)
+    scores = probe_scores(result).numpy()  # (L, T)
+    box, grid = result.inputs.box, result.inputs.grid_hw
+    target_cells = cell_coverage(target, box, grid) >= TOKEN_POSITIVE
+    others = cell_coverage(still.instances.any(0) & ~target, box, grid) >= TOKEN_POSITIVE
+    auc_all = token_auc(scores, target_cells, ~target_cells)
+    return inter, union, auc_all, token_auc(scores, target_cells, others & ~target_cells)
+
+
+def run_condition(probe: "KvProbe", stills: list[Still], use_prefix: bool, fixed_prefix: str | None,
+                  blocked: Any) -> list[ProbeRecord]:
+    records = []
+    for still in stills:
+        for text, kind, target in still.expressions:
+            if not target.any():
+                continue  # the probe cannot reject: empty targets are counted, not scored
+            prefix = (fixed_prefix or text) if use_prefix else None
+            records.append(ProbeRecord(kind, *probe_expression(probe, still, text, target, prefix, blocked)))
+    return records
+
+
+def floor_and_ceiling(probe: "KvProbe", stills: list[Still]) -> dict[str, float]:
+    """The whole-image mask (floor) and the grid oracle at the zero-shot threshold (ceiling), as gIoU."""
+    import torch
+
+    from nodes.kv_probe.probe import paste
+    from nodes.sam.similarity import grid_to_image, minmax
+
+    inputs = probe.layout.build(stills[0].image, "")
+    box, grid = inputs.box, inputs.grid_hw
+    floor, ceiling = [], []
+    for still in stills:
+        for _, _, target in still.expressions:
+            if target.any():
+                floor.append(target.mean())
+                cover = minmax(torch.from_numpy(cell_coverage(target, box, grid))[None])  # (1, T)
+                oracle = paste(grid_to_image(cover, grid, (box.height, box.width)), box, inputs.image_hw)[0].numpy()
+                i, u = iou(oracle >= ZERO_SHOT_THRESHOLD, target)
+                ceiling.append(i / max(u, 1))
+    return {"whole_image_giou": round(float(np.mean(floor)), 4), "grid_oracle_giou": round(float(np.mean(ceiling)), 4)}
+
+
+def summarise_condition(records: list[ProbeRecord], train: list[ProbeRecord]) -> dict[str, Any]:
+    """Per-layer curves: zero-shot and train-threshold gIoU/cIoU, token AUCs, gIoU per expression kind."""
+    zero = int(np.flatnonzero(THRESHOLDS == ZERO_SHOT_THRESHOLD)[0])
+    inter, union = np.stack([r.inter for r in records]), np.stack([r.union for r in records])  # (E, K, L)
+    train_giou = np.stack([r.inter / np.maximum(r.union, 1) for r in train]).mean(0)  # (K, L)
+    best = train_giou.argmax(0)  # (L,) threshold index per layer
+    layers = np.arange(inter.shape[2])
+    chosen_inter, chosen_union = inter[:, best, layers], union[:, best, layers]  # (E, L)
+    by_kind = {}
+    for kind in sorted({r.kind for r in records}):
+        rows = [i for i, r in enumerate(records) if r.kind == kind]
+        by_kind[kind] = {"n": len(rows), **summarise_ious(chosen_inter[rows], chosen_union[rows])}
+    return {"n": len(records), "zero_shot": summarise_ious(inter[:, zero], union[:, zero]),
+            "train_threshold": {"threshold": THRESHOLDS[best].tolist(), **summarise_ious(chosen_inter, chosen_union)},
+            "auc_all": np.round(np.nanmean([r.auc_all for r in records], 0), 4).tolist(),
+            "auc_objects": np.round(np.nanmean([r.auc_objects for r in records], 0), 4).tolist(),
+            "by_kind_train_threshold": by_kind}
+
+
+def unknown_word_share(probe: "KvProbe", stills: list[Still]) -> dict[str, float]:
+    """Per expression kind, the share of expressions with a word the tokenizer does not know."""
+    tokenizer = probe.layout.tokenizer
+    unknown: dict[str, list[bool]] = {}
+    for still in stills:
+        for text, kind, _ in still.expressions:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            unknown.setdefault(kind, []).append(tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids)
+    return {kind: round(float(np.mean(flags)), 3) for kind, flags in sorted(unknown.items())}
+
+
+@dataclass
+class Settings:
+    vlm: str
+    device: str
+    stills: int
+    train_stills: int
+    calibration: int
+    prefix: str
+
+
+def kv_probe_part(settings: Settings) -> dict[str, Any]:
+    """The probe's per-layer curves under the four conditions, with the floor, ceiling and ratios."""
+    from nodes.kv_probe import KvProbe
+    from nodes.vlm.hf import HfVlmAdapter
+    from sim.shapes_world.dataset import HELDOUT, TRAIN
+
+    probe = KvProbe(HfVlmAdapter(settings.vlm, device=settings.device))
+    heldout = referring_stills(HELDOUT, settings.stills, HELDOUT_START)
+    train = referring_stills(TRAIN, max(settings.train_stills, settings.calibration), TRAIN_START)
+    blocked = probe.calibrate_blocking([still.image for still in train[: settings.calibration]])
+    train = train[: settings.train_stills]
+    fixed_prefix = None if settings.prefix == PREFIX_EXPRESSION else settings.prefix
+    conditions = {}
+    for name, (use_prefix, use_blocking) in CONDITIONS.items():
+        keys = blocked if use_blocking else None
+        conditions[name] = summarise_condition(run_condition(probe, heldout, use_prefix, fixed_prefix, keys),
+                                               run_condition(probe, train, use_prefix, fixed_prefix, keys))
+    bounds = floor_and_ceiling(probe, heldout)
+    curve = np.array(conditions[PLAIN]["train_threshold"]["giou"])
+    best = int(curve.argmax())
+    ratios = {f"{name}_over_plain_best_layer": round(float(max(c["train_threshold"]["giou"]) / max(curve.max(), 1e-9)), 3)
+              for name, c in conditions.items() if name != PLAIN}
+    n_expressions = sum(len(s.expressions) for s in heldout)
+    return {"vlm": settings.vlm, "stills": settings.stills, "seeds": [s.seed for s in heldout],
+            "expressions": n_expressions, "scored": conditions[PLAIN]["n"],
+            "empty_skipped": n_expressions - conditions[PLAIN]["n"], "prefix": settings.prefix,
+            "layers": probe.n_layers, "grid_tokens": int(blocked.variance.shape[1]),
+            "blocked_keys": blocked.to_json(), "unknown_word_share": unknown_word_share(probe, heldout),
+            **bounds, "conditions": conditions, "best_layer_plain": best,
+            "plain_best_over_whole_image": round(float(curve.max() / max(bounds["whole_image_giou"], 1e-9)), 3),
+            **ratios}
+
+
+def print_kv_probe(report: dict[str, Any]) -> None:
+    c = report["conditions"]
+    print(f"\nKV probe — {report['vlm']}: {report['stills']} held-out stills, {report['scored']} expressions "
+          f"with a target ({report['empty_skipped']} empty-target skipped: the probe cannot reject); "
+          f"prefix: {report['prefix']}")
+    keys = report["blocked_keys"]
+    for layer, cells in keys["layers"].items():
+        scores = keys["blocked_variance"][layer]
+        print(f"blocked in layer {layer}: grid cells {cells}, relative key variance {min(scores):.2f}–{max(scores):.2f} "
+              f"(layer median {keys['median_variance'][int(layer)]:.2f}; {keys['n_images']} train stills)")
+    tables = [("gIoU, zero-shot threshold 0.5", lambda n: c[n]["zero_shot"]["giou"]),
+              ("gIoU, per-layer threshold chosen on train stills", lambda n: c[n]["train_threshold"]["giou"]),
+              ("cIoU, per-layer threshold chosen on train stills", lambda n: c[n]["train_threshold"]["ciou"]),
+              ("token AUC, target vs other shapes (0.5 = no referring signal)", lambda n: c[n]["auc_objects"]),
+              ("token AUC, target vs all other tokens", lambda n: c[n]["auc_all"])]
+    for title, column in tables:
+        print(f"\n{title}\n{'layer':>5}" + "".join(f"{name:>16}" for name in CONDITIONS))
+        for layer in range(report["layers"]):
+            print(f"{layer:>5}" + "".join(f"{column(name)[layer]:>16.3f}" for name in CONDITIONS))
+    print(f"\nfloor (whole image as mask) gIoU {report['whole_image_giou']:.3f}; ceiling (grid oracle, "
+          f"{report['grid_tokens']} tokens) gIoU {report['grid_oracle_giou']:.3f}; best plain layer "
+          f"{report['best_layer_plain']}: ×{report['plain_best_over_whole_image']:.2f} the floor")
+    print("best-layer gIoU over plain: " + ", ".join(f"{k.split('_over')[0]} ×{v:.2f}" for k, v in report.items()
+                                                      if k.endswith("_over_plain_best_layer")))
+    print(f"expressions with a word the tokenizer lacks, by kind: {report['unknown_word_share']}")
+
+
+PARTS: dict[str, tuple[Callable[[Settings], dict[str, Any]], Callable[[dict[str, Any]], None]]] = {
+    KV_PROBE: (kv_probe_part, print_kv_probe),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STILLS} held-out stills (about a minute)")
+    parser.add_argument("--probe-only", action="store_true", help="run only the KV-probe part")
+    parser.add_argument("--vlm", default=DEFAULT_VLM, help="VLM checkpoint directory (Hugging Face format)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--stills", type=int, default=None, help=f"held-out stills (default {DEFAULT_STILLS})")
+    parser.add_argument("--prefix", default=PREFIX_EXPRESSION,
+                        help=f"text before the image in the prefix conditions: '{PREFIX_EXPRESSION}' (each expression "
+                             "itself) or a fixed text")
+    args = parser.parse_args(argv)
+    settings = Settings(vlm=args.vlm, device=args.device,
+                        stills=args.stills or (QUICK_STILLS if args.quick else DEFAULT_STILLS),
+                        train_stills=QUICK_TRAIN_STILLS if args.quick else DEFAULT_TRAIN_STILLS,
+                        calibration=QUICK_CALIBRATION if args.quick else DEFAULT_CALIBRATION, prefix=args.prefix)
+    parts = [KV_PROBE] if args.probe_only else list(PARTS)
+    started = time.monotonic()
+    report: dict[str, Any] = {"benchmark": "grounding", "quick": args.quick, "parts": parts}
+    for name in parts:
+        measure, show = PARTS[name]
+        part_started = time.monotonic()
+        try:
+            report[name] = measure(settings)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_MISSING_MODEL
+        report[name]["elapsed_s"] = round(time.monotonic() - part_started, 1)
+        show(report[name])
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(report, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
