@@ -14,12 +14,16 @@ Two ways in:
   sources end leaves the last partial batch unscored (warned at close): offline jobs use `video`.
   `fps` does not apply (the upstream samples), and there is no cache: no file to key it by.
 
-Counters: `frames_embedded`, `cache_hits`, `cache_misses`, `decode_errors`.
+`model: {serve: NAME}` calls a running CLIP deployment (`groundloop serve`, nodes/serving) instead of
+loading the model: a video's batches then go out several at a time (`max_in_flight`), a batch whose
+replica dies is sent again (counted in `serve_retries`), and the rows are put together in frame order.
+
+Counters: `frames_embedded`, `cache_hits`, `cache_misses`, `decode_errors`, `serve_retries`.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,10 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from nodes.clip.cache import EmbeddingCache, FrameEmbeddings, cache_key, file_digest
 from nodes.clip.embedder import BACKEND_TORCH, DEVICE_AUTO, ClipEmbedder, load_embedder
 from nodes.clip.model import DEFAULT_MODEL_DIR
+from nodes.serving.config import ServeRef
 from nodes.video_decode import BACKEND_AUTO, FrameBatch, iter_batches, local_path
 from nodes.video_ingest import Readahead, StreamEnd
 from pipeline.messages import Frame, FrameScores
 from pipeline.node import Node
+
+if TYPE_CHECKING:
+    from nodes.serving.client import PendingEmbeddings, ServedClip
 
 DEFAULT_FPS = 1.0  # A.I.R.'s prescan rate
 DEFAULT_BATCH = 32
@@ -44,7 +52,9 @@ class ClipPrescanParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, description="the query every frame is scored against")
     video: str | None = Field(None, description="a local video file; None: score frames from the `frame` input")
-    model: str = Field(DEFAULT_MODEL_DIR, description="a CLIP directory: ours, a local HF checkpoint, or an ONNX export")
+    model: str | ServeRef = Field(DEFAULT_MODEL_DIR, description="a CLIP directory: ours, a local HF checkpoint, or an "
+                                  "ONNX export; or {serve: NAME}, a running deployment (whose own backend, device "
+                                  "and threads then apply)")
     backend: Literal["torch", "onnx"] = BACKEND_TORCH
     device: str = Field(DEVICE_AUTO, description="auto: CUDA when present, else CPU")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for the CLIP pass (None: the runtime's default)")
@@ -66,7 +76,8 @@ class ClipPrescan(Node):
 
     def setup(self) -> None:
         p = self.params
-        self.embedder: ClipEmbedder = load_embedder(p.model, p.backend, p.device, p.num_threads)
+        self.served = isinstance(p.model, ServeRef)
+        self.embedder: ClipEmbedder | ServedClip = self._load_embedder()
         self.query = self.embedder.embed_texts([p.question])[0]  # (D,)
         self.pending: list[Frame] = []
         self.readahead: Readahead | None = None
@@ -74,7 +85,7 @@ class ClipPrescan(Node):
         self.done = p.video is None  # frame input only: nothing to tick
         self.indices: list[int] = []
         self.times: list[float] = []
-        self.embeddings: list[np.ndarray] = []  # (b, D) per batch
+        self.embeddings: list[np.ndarray | PendingEmbeddings] = []  # (b, D) per batch, or its request
         self.cache: EmbeddingCache | None = None
         if p.video is None:
             return
@@ -85,6 +96,14 @@ class ClipPrescan(Node):
             self.cached = self.cache.load(self.key)
         if self.cached is None:
             self._start_decoding()
+
+    def _load_embedder(self) -> ClipEmbedder | ServedClip:
+        p = self.params
+        if self.served:
+            from nodes.serving.client import ServedClip
+
+            return ServedClip(p.model, on_retry=lambda: self.count("serve_retries"))
+        return load_embedder(p.model, p.backend, p.device, p.num_threads)
 
     def _start_decoding(self) -> None:
         p = self.params
@@ -117,14 +136,19 @@ class ClipPrescan(Node):
         return True
 
     def _embed(self, indices: list[int], times_s: list[float], images: np.ndarray) -> None:
-        """Embed (b, H, W, 3) uint8 frames and keep their embeddings for the end of the video."""
-        self.embeddings.append(self.embedder.embed_images(images))  # (b, D)
+        """Embed (b, H, W, 3) uint8 frames and keep their embeddings for the end of the video (a served
+        model's: the request, answered by the time the video ends)."""
+        if self.served:
+            self.embeddings.append(self.embedder.submit_images(images, keys=indices))
+        else:
+            self.embeddings.append(self.embedder.embed_images(images))  # (b, D)
         self.indices += indices
         self.times += times_s
         self.count("frames_embedded", len(indices))
 
     def _collected(self) -> FrameEmbeddings:
-        embeddings = np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, self.embedder.dim), np.float32)
+        parts = [e if isinstance(e, np.ndarray) else e.result() for e in self.embeddings]
+        embeddings = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
         return FrameEmbeddings(np.asarray(self.indices, np.int64), np.asarray(self.times, np.float64), embeddings)
 
     def _finish(self, error: BaseException | None) -> None:

@@ -32,6 +32,8 @@ import psutil
 from pipeline.graph import Graph, GraphError, NodeSpec
 
 LOOPBACK = "127.0.0.1"
+#: with it off, Ray keeps 127.0.0.1 as the node address instead of swapping in the host's outward one
+LOOPBACK_ENV, LOOPBACK_ENV_VALUE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"
 AUTH_ENV = {"RAY_AUTH_MODE": "token"}  # a driver joining by address needs this too (see `driver_env`)
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 DEFAULT_NODES = ("node_a", "node_b")
@@ -76,6 +78,18 @@ def _ray_command() -> list[str]:
     """The `ray` CLI of this interpreter's environment."""
     script = Path(sys.executable).with_name("ray")
     return [str(script)] if script.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def pin_loopback() -> None:
+    """Make this process and the Ray processes it starts take 127.0.0.1 as the node's address, so
+    that they bind loopback only (checked: GCS, raylet, workers and agents then listen on 127.0.0.1).
+
+    Ray reads the variable once, when it is imported; a process that has imported Ray already (a test
+    session) gets the same setting on the module Ray consults."""
+    os.environ[LOOPBACK_ENV] = LOOPBACK_ENV_VALUE
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass

@@ -34,7 +34,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from pipeline.graph import POLICY_LATEST, Edge, Graph, GraphError, NodeSpec
 from pipeline.messages import Message
 from pipeline.metrics import NodeMetrics
-from pipeline.ray_cluster import LOOPBACK, actor_options, check_placement
+from pipeline.ray_cluster import LOOPBACK, actor_options, check_placement, pin_loopback
 from pipeline.runtime import NodeRunner
 from pipeline.zmq_executor import GraphFailed
 
@@ -361,6 +361,8 @@ class RayExecutor:
         """Run until every node has ended; per-node metrics (restarts and Ray node ids included)."""
         started_ray = not ray.is_initialized()
         if started_ray:
+            if not self.address:
+                pin_loopback()
             ray.init(**({"address": self.address} if self.address else LOCAL_RAY))
         main = threading.current_thread() is threading.main_thread()
         previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}

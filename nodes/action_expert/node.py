@@ -5,12 +5,17 @@ The cloud and the state of a step may arrive in either order; the expert acts on
 waypoints, if it is a guided expert), once per step. Waypoints marked invalid by the planner mean no
 motion: the expert sends nothing and the controller's watchdog holds the robot. Inputs with NaN/inf
 are refused by name and counted, never turned into motion.
+
+`checkpoint: {serve: NAME}` samples the chunks on a running action-expert deployment (nodes/serving)
+instead of a model loaded here; the episode state (observation window, waypoint progress) stays in
+the node. Sampling noise then comes from a seed drawn per call, so chunks differ from a local run's.
 """
 from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from nodes.serving.config import ServeRef
 from pipeline.messages import ActionChunk, PointCloud, RobotState, Waypoints
 from pipeline.node import Node
 
@@ -19,7 +24,8 @@ CONTROL_PERIOD_NS = 50_000_000  # ManiSkill's control rate: 20 Hz
 
 class ActionExpertParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    checkpoint: str = Field(description="a checkpoint written by `groundloop train action-expert`")
+    checkpoint: str | ServeRef = Field(description="a checkpoint written by `groundloop train action-expert`, or "
+                                                    "{serve: NAME}: a running deployment")
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     seed: int = 0
@@ -36,11 +42,17 @@ class ActionExpert(Node):
     def setup(self) -> None:
         import torch  # here, not at import: loading a graph should not cost a torch import
 
-        from nodes.action_expert.policy_runtime import load_policy
+        from nodes.action_expert.policy_runtime import ActionExpertRuntime, load_policy
 
         if self.params.num_threads is not None:
             torch.set_num_threads(self.params.num_threads)
-        self.runtime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
+        if isinstance(self.params.checkpoint, ServeRef):
+            from nodes.serving.client import ServedPolicy
+
+            policy = ServedPolicy(self.params.checkpoint, on_retry=lambda: self.count("serve_retries"))
+            self.runtime = ActionExpertRuntime(policy, seed=self.params.seed)
+        else:
+            self.runtime = load_policy(self.params.checkpoint, device=self.params.device, seed=self.params.seed)
         self.guided = self.runtime.config.use_guidance
         if self.params.act_every > self.runtime.config.n_action_steps:
             raise ValueError(f"act_every={self.params.act_every} leaves steps no chunk covers: this checkpoint "

@@ -7,6 +7,7 @@ local checkpoint or next to a GPU server:
     vlm: {hf: models/vlm, device: cuda, dtype: bfloat16}
     vlm: {openai: http://127.0.0.1:8000/v1, model: Qwen/Qwen2.5-VL-3B-Instruct}   # vLLM, llama.cpp server
     vlm: {openai: https://host/v1, model: NAME, api_key_env: MY_KEY, timeout_s: 30}
+    vlm: {serve: vlm}                                       # a deployment `groundloop serve` runs (nodes/serving)
 
 `parse_vlm_spec` checks a spec without loading anything (graph validation uses it); `load_vlm` builds
 the adapter (slow: it may load weights).
@@ -20,8 +21,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nodes.serving.config import ServeRef
+
 HF_KEY = "hf"
 OPENAI_KEY = "openai"
+SERVE_KEY = "serve"
+SPEC_KEYS = (HF_KEY, OPENAI_KEY, SERVE_KEY)
 DEFAULT_TIMEOUT_S = 60.0
 HTTP_SCHEMES = ("http://", "https://")
 
@@ -56,21 +61,22 @@ class OpenAiSpec(BaseModel):
         return url.rstrip("/")
 
 
-VlmSpec = HfSpec | OpenAiSpec
+VlmSpec = HfSpec | OpenAiSpec | ServeRef
+SPEC_MODELS = {HF_KEY: HfSpec, OPENAI_KEY: OpenAiSpec, SERVE_KEY: ServeRef}
 
 
 def parse_vlm_spec(spec: Any) -> VlmSpec:
     """The typed spec of a config mapping; ValueError naming the bad field otherwise. Loads nothing."""
-    if isinstance(spec, (HfSpec, OpenAiSpec)):
+    if isinstance(spec, (HfSpec, OpenAiSpec, ServeRef)):
         return spec
     if not isinstance(spec, Mapping):
         raise ValueError(f"vlm: expected a mapping like {{{HF_KEY}: PATH}} or {{{OPENAI_KEY}: URL, model: NAME}}, got {spec!r}")
-    kinds = [key for key in (HF_KEY, OPENAI_KEY) if key in spec]
+    kinds = [key for key in SPEC_KEYS if key in spec]
     if len(kinds) != 1:
-        found = " and ".join(kinds) if kinds else f"neither (keys: {sorted(spec)})"
-        raise ValueError(f"vlm: needs exactly one of '{HF_KEY}' (local checkpoint path) or '{OPENAI_KEY}' (server URL); "
-                         f"found {found}")
-    model = HfSpec if kinds[0] == HF_KEY else OpenAiSpec
+        found = " and ".join(kinds) if kinds else f"none (keys: {sorted(spec)})"
+        raise ValueError(f"vlm: needs exactly one of '{HF_KEY}' (local checkpoint path), '{OPENAI_KEY}' (server URL) "
+                         f"or '{SERVE_KEY}' (deployment name); found {found}")
+    model = SPEC_MODELS[kinds[0]]
     try:
         return model.model_validate(dict(spec))
     except ValidationError as exc:
@@ -113,6 +119,10 @@ def load_vlm(spec: Mapping[str, Any] | VlmSpec) -> VlmAdapter:
         from nodes.vlm.hf import HfVlmAdapter
 
         return HfVlmAdapter(parsed.hf, device=parsed.device, dtype=parsed.dtype)
+    if isinstance(parsed, ServeRef):
+        from nodes.serving.client import ServedVlm
+
+        return ServedVlm(parsed)
     from nodes.vlm.openai_http import OpenAiVlmAdapter
 
     return OpenAiVlmAdapter(parsed.openai, parsed.model, api_key_env=parsed.api_key_env, timeout_s=parsed.timeout_s)
