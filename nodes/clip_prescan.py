@@ -10,8 +10,7 @@ Two ways in:
   A video that breaks off mid-way is scored up to the break (counted in `decode_errors`) and not cached.
 - the `frame` input (e.g. from VideoIngest): frames are embedded `batch_size` at a time and each
   batch's scores go out as one `FrameScores`; a partial batch goes out once the input has been silent
-  for `FLUSH_AFTER_S`. The graph has no end-of-stream message, so an inproc run that stops when its
-  sources end leaves the last partial batch unscored (warned at close): offline jobs use `video`.
+  for `FLUSH_AFTER_S`, or when the stream ends (`on_inputs_ended`), so no frame goes unscored.
   `fps` does not apply (the upstream samples), and there is no cache: no file to key it by.
 
 `model: {serve: NAME}` calls a running CLIP deployment (`groundloop serve`, nodes/serving) instead of
@@ -176,12 +175,16 @@ class ClipPrescan(Node):
             self._flush()
 
     def on_timeout(self, port: str) -> None:
-        if self.pending:
-            self._flush()
+        self._flush()
+
+    def on_inputs_ended(self) -> None:
+        self._flush()
 
     def _flush(self) -> None:
-        """Embed the pending frames and send their scores (capture time: the newest frame's)."""
+        """Embed the pending frames, if any, and send their scores (capture time: the newest frame's)."""
         frames, self.pending = self.pending, []
+        if not frames:
+            return
         embeddings = self.embedder.embed_images(np.stack([f.image for f in frames]))  # (b, D)
         self.count("frames_embedded", len(frames))
         self._emit_scores(FrameEmbeddings(np.array([f.index for f in frames]), np.array([f.pts_s for f in frames]),
@@ -191,4 +194,4 @@ class ClipPrescan(Node):
         if getattr(self, "readahead", None) is not None:
             self.readahead.close()
         if getattr(self, "pending", None):
-            self.log.warning("closed with %d frames not yet scored (the input never went quiet)", len(self.pending))
+            self.log.warning("closed with %d frames not yet scored (the graph stopped before its stream ended)", len(self.pending))

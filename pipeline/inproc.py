@@ -90,7 +90,7 @@ class InprocExecutor:
                     if handled is not None:
                         self._dispatched(Dispatch(node_id, ON_INPUT, *handled))
                     continue
-                if not self._tick_sources():
+                if not self._tick_sources() and not self._end_streams():
                     break
         finally:
             for runner in self.runners.values():
@@ -123,6 +123,15 @@ class InprocExecutor:
         if self._idle:
             time.sleep(IDLE_WAIT_S)  # every source idle and nothing queued: let timeouts come due
         return True
+
+    def _end_streams(self) -> bool:
+        """Every source finished and nothing queued: end the inputs of the nodes whose producers have
+        all ended (the nodes of a cycle together); False once every node has ended."""
+        waiting = [n for n, r in self.runners.items() if not r.ended]  # sources have finished: nodes with inputs
+        ready = [n for n in waiting if all(self.runners[e.source].ended for e in self.graph.inputs_of(n))]
+        for node_id in ready or waiting:  # none ready: what is left waits on itself, a cycle
+            self.runners[node_id].end_inputs()
+        return bool(waiting)
 
     def _clock_timeouts(self) -> bool:
         """Whether input timeouts fire by the clock: always, except in a replay that follows its

@@ -74,6 +74,11 @@ class Node:
     def on_timeout(self, port: str) -> None:
         """Input `port` got nothing within its configured timeout."""
 
+    def on_inputs_ended(self) -> None:
+        """Every producer feeding this node has ended and its inputs are drained: the end of the
+        stream, the last chance to emit (a batching node flushes its partial batch here). Called once,
+        on every executor, unless the graph was stopped."""
+
     def close(self) -> None:
         """Release what setup() took. Called once, also after errors."""
 

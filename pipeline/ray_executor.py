@@ -203,6 +203,8 @@ class NodeActor:
         self.phase, self.loop_at = PHASE_RUNNING, time.monotonic()
         try:
             self._loop()
+            if not self.stop_requested and not self.spec.cls.is_source():
+                self.runner.end_inputs()  # every input has ended: the node's last emissions go before its end
         finally:
             self.mailbox.close()
             self.runner.close()

@@ -63,6 +63,7 @@ class NodeRunner:
         self._arrivals = itertools.count()
         self.node.attach(self._emit, loaner)
         self.finished = False
+        self.inputs_ended = False
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -132,6 +133,22 @@ class NodeRunner:
             self.metrics.record_tick(time.perf_counter() - started)
         self.finished = result is False
         return result
+
+    def end_inputs(self) -> None:
+        """The end of the node's input streams (once): `on_inputs_ended`, errors contained."""
+        if self.inputs_ended:
+            return
+        self.inputs_ended = True
+        try:
+            self.node.on_inputs_ended()
+        except Exception:
+            self.metrics.handler_errors += 1
+            log.exception("node %s: on_inputs_ended() failed", self.spec.id)
+
+    @property
+    def ended(self) -> bool:
+        """Will emit nothing more: done ticking (if a source) and done with its inputs (if it has any)."""
+        return (self.finished or not self.spec.cls.is_source()) and (self.inputs_ended or not self.edges)
 
     def check_timeouts(self) -> None:
         now = self.clock()

@@ -194,6 +194,8 @@ class Worker:
             self.phase = PHASE_RUNNING
             self.report("running")
             self._loop()
+            if not self.stop_requested and not self.spec.cls.is_source():
+                self.runner.end_inputs()  # every input has ended: the node's last emissions go out with EOS
             self._drain()
         finally:
             self.runner.close()

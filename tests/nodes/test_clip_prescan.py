@@ -164,3 +164,14 @@ def test_runs_as_a_source_in_an_inproc_graph(model_dir: Path, video: Path, tmp_p
     (metrics,) = InprocExecutor(build_graph(spec, "prescan.yaml")).run(max_seconds=60)
     assert metrics["emitted"]["scores"] == 1 and metrics["handler_errors"] == 0
     assert metrics["counters"]["frames_embedded"] == int(CLIP_SECONDS)
+
+
+def test_the_end_of_the_stream_flushes_the_last_partial_batch(model_dir: Path, video: Path) -> None:
+    clip = {"model": str(model_dir), "question": QUESTION, "batch_size": 4}
+    spec = {"name": "ingest_then_prescan", "nodes": [
+        {"id": "ingest", "uses": "nodes.video_ingest.VideoIngest", "params": {"path": str(video), "fps": 2.5}},
+        {"id": "clip", "uses": "nodes.clip_prescan.ClipPrescan", "params": clip,
+         "inputs": {"frame": {"from": "ingest/frame", "policy": "queue", "size": 64}}}]}
+    metrics = {m["node"]: m for m in InprocExecutor(build_graph(spec, "ingest.yaml")).run(max_seconds=60)}
+    assert metrics["clip"]["counters"]["frames_embedded"] == 10  # 4 + 4 + the last 2, no timeout needed
+    assert metrics["clip"]["emitted"]["scores"] == 3

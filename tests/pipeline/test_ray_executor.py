@@ -22,7 +22,7 @@ from pipeline.graph import GraphError, build_graph, load_graph
 from pipeline.inproc import InprocExecutor
 from pipeline.ray_cluster import LOOPBACK, actor_options
 from pipeline.ray_executor import OBJECT_STORE_MIN_BYTES, RayExecutor
-from tests.pipeline.test_zmq_executor import by_node, chain, read_sink
+from tests.pipeline.test_zmq_executor import by_node, chain, read_sink, totals
 
 pytestmark = pytest.mark.slow
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
@@ -63,6 +63,12 @@ def test_same_outputs_as_inproc_and_large_arrays_go_through_the_object_store(tmp
     assert metrics["double"]["object_store_gets"] == 0 and metrics["double"]["object_store_puts"] == 0
     assert 2_000_000 >= OBJECT_STORE_MIN_BYTES > 1_000  # a Tick is far below the threshold
     assert {m["restarts"] for m in metrics.values()} == {0}
+
+
+def test_the_end_of_a_stream_reaches_every_node_downstream_in_order(tmp_path):
+    out = tmp_path / "sink.jsonl"
+    run_ray(totals(out))
+    assert read_sink(out)[0] == [sum(range(20))]
 
 
 def test_latest_drops_under_a_slow_consumer(tmp_path):

@@ -68,6 +68,28 @@ def test_same_outputs_on_inproc_and_zmq_with_large_payloads(tmp_path):
     assert [b["blob_first"] for b in blobs] == [i % 251 for i in range(40)]  # every 2 MB array intact
 
 
+def totals(out, count=20):
+    """Counter → Total → Total → Sink: each Total emits only when its input stream ends, so the sink
+    gets the sum once the end has passed down the chain in order."""
+    return {"name": "totals", "nodes": [
+        {"id": "counter", "uses": f"{TOY}.Counter", "params": {"count": count}},
+        {"id": "first", "uses": f"{TOY}.Total", "inputs": {"value": "counter/value"}},
+        {"id": "second", "uses": f"{TOY}.Total", "inputs": {"value": "first/total"}},
+        {"id": "sink", "uses": f"{TOY}.Sink", "params": {"out": str(out)}, "inputs": {"value": "second/total"}},
+    ]}
+
+
+def test_the_end_of_a_stream_reaches_every_node_downstream_in_order(tmp_path):
+    for name in ("inproc", "zmq"):
+        out = tmp_path / f"{name}.jsonl"
+        raw = totals(out)
+        if name == "inproc":
+            InprocExecutor(build_graph(raw, "test.yaml")).run(max_seconds=60)
+        else:
+            run_zmq(raw)
+        assert read_sink(out)[0] == [sum(range(20))], name
+
+
 def test_latest_drops_under_a_slow_consumer(tmp_path):
     out = tmp_path / "sink.jsonl"
     raw = chain(out, count=150, period_s=0.002, sink={"delay_s": 0.03},

@@ -93,6 +93,22 @@ class Add(Node):
         self.emit("sum", Tick(value=self.latest["a"] + self.latest["b"]))
 
 
+class Total(Node):
+    """Sums what it receives and emits the total once, at the end of its input stream."""
+
+    inputs = {"value": Tick}
+    outputs = {"total": Tick}
+
+    def setup(self) -> None:
+        self.total = 0
+
+    def on_value(self, msg: Tick) -> None:
+        self.total += msg.value
+
+    def on_inputs_ended(self) -> None:
+        self.emit("total", Tick(value=self.total))
+
+
 class SinkParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     out: str = ""  # JSON-lines file of received values
