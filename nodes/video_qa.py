@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nodes.video_decode import VideoDecodeError, iter_frames, read_index
-from nodes.vlm import VlmAdapter, load_vlm
+from nodes.vlm import SharedVlm, VlmAdapter
 from nodes.vlm.adapter import parse_vlm_spec
 from nodes.vlm.parsing import majority_vote, parse_choice
 from pipeline.messages import Answer, Selection
@@ -173,7 +173,7 @@ class VideoQuestionAnswer(Node):
 
     def setup(self) -> None:
         self.frames = VideoFrames(self.params.video, self.params.max_side)
-        self.vlm: VlmAdapter = load_vlm(self.params.vlm)
+        self.vlm: VlmAdapter = SharedVlm(self.params.vlm)  # one copy per process, shared by the graph's nodes
 
     def close(self) -> None:
         vlm = getattr(self, "vlm", None)

@@ -28,7 +28,7 @@ from nodes.video_decode import select_frames
 from nodes.video_qa import (COUNTER_ANSWERS, COUNTER_FRAME_ERRORS, COUNTER_INVALID_ANSWERS, COUNTER_VLM_ERRORS,
                             FrameSource, VideoFrames, VideoQaParams, Vote, answer_message, answer_prompt, fetch_images,
                             format_options, timestamps, vote_on_answers)
-from nodes.vlm import VlmAdapter, load_vlm
+from nodes.vlm import SharedVlm, VlmAdapter
 from nodes.vlm.parsing import extract_json_object
 from pipeline.messages import Answer, Selection
 from pipeline.node import Node
@@ -241,7 +241,7 @@ class VideoInTheLoop(Node):
 
     def setup(self) -> None:
         self.frames = VideoFrames(self.params.video, self.params.max_side)
-        self.vlm: VlmAdapter = load_vlm(self.params.vlm)
+        self.vlm: VlmAdapter = SharedVlm(self.params.vlm)  # one copy per process, shared by the graph's nodes
         self.done = False
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nodes.vlm.adapter import VlmAdapter, load_vlm, parse_vlm_spec
+from nodes.vlm.adapter import SharedVlm, VlmAdapter, parse_vlm_spec
 from nodes.vlm.parsing import extract_json_object
 from nodes.waypoint_planner import GRIPPER_CLOSED, GRIPPER_OPEN
 from pipeline.messages import Frame, RobotState, Waypoints
@@ -273,7 +273,7 @@ class VlmWaypointPlanner(Node):
     outputs = {"waypoints": Waypoints}
 
     def setup(self) -> None:
-        self.vlm: VlmAdapter = load_vlm(self.params.vlm)
+        self.vlm: VlmAdapter = SharedVlm(self.params.vlm)  # one copy per process, shared by the graph's nodes
         self.state: RobotState | None = None
         self.planned_episode, self.planned_step = -1, -1
 

@@ -18,7 +18,7 @@ from nodes.air.analysis import ANALYSIS_TOKENS, VlmFrameAnalyser
 from nodes.air.config import AirConfig
 from nodes.air.selector import SelectedFrame, evidence_spans, select_frames_air
 from nodes.video_qa import DEFAULT_MAX_SIDE, OPTION_LETTERS, VideoFrames
-from nodes.vlm import VlmAdapter, load_vlm
+from nodes.vlm import SharedVlm, VlmAdapter
 from nodes.vlm.adapter import parse_vlm_spec
 from pipeline.messages import FrameScores, Selection
 from pipeline.node import Node
@@ -76,7 +76,7 @@ class AirFrameSelection(Node):
 
     def setup(self) -> None:
         self.frames = VideoFrames(self.params.video, self.params.max_side)
-        self.vlm: VlmAdapter = load_vlm(self.params.vlm)
+        self.vlm: VlmAdapter = SharedVlm(self.params.vlm)  # one copy per process, shared by the graph's nodes
 
     def close(self) -> None:
         vlm = getattr(self, "vlm", None)

@@ -14,9 +14,10 @@ the adapter (slow: it may load weights).
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -126,3 +127,41 @@ def load_vlm(spec: Mapping[str, Any] | VlmSpec) -> VlmAdapter:
     from nodes.vlm.openai_http import OpenAiVlmAdapter
 
     return OpenAiVlmAdapter(parsed.openai, parsed.model, api_key_env=parsed.api_key_env, timeout_s=parsed.timeout_s)
+
+
+class SharedVlm(VlmAdapter):
+    """A node's handle on a model loaded once per process: the nodes of one graph that name the same
+    local checkpoint (A.I.R.'s analysis and the answering node) share one copy in memory. Closing the
+    last handle closes the model."""
+
+    _loaded: ClassVar[dict[str, tuple[VlmAdapter, int]]] = {}  # spec key -> (adapter, handles open)
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, spec: Mapping[str, Any] | VlmSpec):
+        parsed = parse_vlm_spec(spec)
+        self._key = f"{type(parsed).__name__}:{parsed.model_dump_json()}"
+        with self._lock:
+            adapter, handles = self._loaded.get(self._key) or (None, 0)
+            if adapter is None:
+                adapter = load_vlm(parsed)
+            self._loaded[self._key] = (adapter, handles + 1)
+        self.adapter: VlmAdapter | None = adapter
+
+    def generate(self, images: list[np.ndarray], prompt: str, *, max_new_tokens: int, n_samples: int = 1,
+                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+        if self.adapter is None:
+            raise VlmError("this VLM handle is closed")
+        return self.adapter.generate(images, prompt, max_new_tokens=max_new_tokens, n_samples=n_samples,
+                                     temperature=temperature, seed=seed)
+
+    def close(self) -> None:
+        if self.adapter is None:
+            return
+        with self._lock:
+            adapter, handles = self._loaded[self._key]
+            if handles > 1:
+                self._loaded[self._key] = (adapter, handles - 1)
+            else:
+                del self._loaded[self._key]
+                adapter.close()
+        self.adapter = None

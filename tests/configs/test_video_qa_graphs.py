@@ -18,7 +18,7 @@ from tests.nodes.video_doubles import RuleVlm
 AIR_GRAPH, VITL_GRAPH = "configs/video_qa_air.yaml", "configs/video_qa_vitl.yaml"
 QUESTION = "Which shape appeared first?"
 OPTIONS = "[red circle, blue square, green star, cyan cross]"
-VLM_PATCHES = ("nodes.air.node.load_vlm", "nodes.video_qa.load_vlm", "nodes.vitl.load_vlm")
+VLM_PATCHES = ("nodes.air.node.SharedVlm", "nodes.video_qa.SharedVlm", "nodes.vitl.SharedVlm")
 
 
 def test_both_graphs_load_with_their_registered_nodes_and_edges():

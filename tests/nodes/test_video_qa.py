@@ -27,7 +27,7 @@ def clip(tmp_path):
 def answerer(monkeypatch, clip):
     def make(*script, **params) -> NodeHarness:
         vlm = ScriptedVlm(*script)
-        monkeypatch.setattr("nodes.video_qa.load_vlm", lambda spec: vlm)
+        monkeypatch.setattr("nodes.video_qa.SharedVlm", lambda spec: vlm)
         harness = NodeHarness(VideoQuestionAnswer, {"video": str(clip), "question": QUESTION, "options": OPTIONS,
                                                     "vlm": {"hf": "models/vlm"}, **params})
         harness.vlm = vlm

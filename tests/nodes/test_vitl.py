@@ -125,7 +125,7 @@ def vitl_node(monkeypatch, tmp_path):
 
     def make(*script, **changes) -> NodeHarness:
         vlm = ScriptedVlm(*script)
-        monkeypatch.setattr("nodes.vitl.load_vlm", lambda spec: vlm)
+        monkeypatch.setattr("nodes.vitl.SharedVlm", lambda spec: vlm)
         harness = NodeHarness(VideoInTheLoop, {**params(**changes).model_dump(), "video": str(clip)})
         harness.vlm = vlm
         return harness

@@ -96,9 +96,9 @@ def robot_state(episode: int = 0, step: int = 0, yaw: float = 0.0) -> RobotState
 
 @pytest.fixture
 def planner(monkeypatch):
-    """A harness around the planner whose `load_vlm` hands out the ScriptedVlm set on `harness.vlm`."""
+    """A harness around the planner whose `SharedVlm` hands out the ScriptedVlm set on `harness.vlm`."""
     harness_vlm = ScriptedVlm()
-    monkeypatch.setattr("nodes.vlm_planner.load_vlm", lambda spec: harness_vlm)
+    monkeypatch.setattr("nodes.vlm_planner.SharedVlm", lambda spec: harness_vlm)
 
     def make(*answers: str | Exception, **params) -> NodeHarness:
         harness_vlm.answers = list(answers)

@@ -24,10 +24,10 @@ def clip(tmp_path):
 
 @pytest.fixture
 def selector(monkeypatch, clip):
-    """A harness around the node whose `load_vlm` hands out a RuleVlm for `rule`, reading grey frames."""
+    """A harness around the node whose `SharedVlm` hands out a RuleVlm for `rule`, reading grey frames."""
     def make(rule, **params) -> NodeHarness:
         vlm = RuleVlm(rule, decode=grey_index)
-        monkeypatch.setattr("nodes.air.node.load_vlm", lambda spec: vlm)
+        monkeypatch.setattr("nodes.air.node.SharedVlm", lambda spec: vlm)
         harness = NodeHarness(AirFrameSelection, {"video": str(clip), "question": QUESTION, "vlm": {"hf": "models/vlm"},
                                                   "budget": 2, "air": {"candidates": 2, "i_max": 2}, **params})
         harness.vlm = vlm

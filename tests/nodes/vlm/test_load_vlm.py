@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.vlm import VlmAdapter, load_vlm
+from nodes.vlm import SharedVlm, VlmAdapter, VlmError, load_vlm
 from nodes.vlm.adapter import HfSpec, OpenAiSpec, parse_vlm_spec
 from nodes.vlm.hf import QWEN_IMAGE_PAD
 
@@ -88,3 +88,41 @@ def test_llava_samples_n_answers(tiny_llava_dir):
 def test_bad_images_are_refused_by_name(qwen):
     with pytest.raises(ValueError, match=r"images\[0\]"):
         qwen.generate([np.zeros((8, 8), np.uint8)], PROMPT, max_new_tokens=2)
+
+
+class CountingVlm(VlmAdapter):
+    """A stand-in model that records being loaded and closed."""
+
+    loads = 0
+
+    def __init__(self) -> None:
+        CountingVlm.loads += 1
+        self.closed = False
+
+    def generate(self, images, prompt, *, max_new_tokens, n_samples=1, temperature=0.0, seed=0):
+        return [f"{prompt}:{len(images)}"] * n_samples
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_nodes_naming_one_checkpoint_share_one_model_until_the_last_closes(monkeypatch, tmp_path: Path) -> None:
+    import nodes.vlm.adapter as adapter_module
+
+    CountingVlm.loads = 0
+    monkeypatch.setattr(adapter_module, "load_vlm", lambda spec: CountingVlm())
+    spec, other = {"hf": str(tmp_path / "a")}, {"hf": str(tmp_path / "b")}
+    first, second, third = SharedVlm(spec), SharedVlm(dict(spec)), SharedVlm(other)
+    assert CountingVlm.loads == 2 and first.adapter is second.adapter is not third.adapter
+    assert second.generate([rgb(4, 4)], "q", max_new_tokens=2) == ["q:1"]
+    model = first.adapter
+    first.close()
+    first.close()  # twice is harmless
+    assert not model.closed and second.generate([], "p", max_new_tokens=1) == ["p:0"]
+    second.close()
+    assert model.closed
+    with pytest.raises(VlmError, match="closed"):
+        second.generate([], "p", max_new_tokens=1)
+    SharedVlm(spec).close()
+    assert CountingVlm.loads == 3  # a fresh load once every handle had closed
+    third.close()
