@@ -31,7 +31,7 @@ from nodes.clip.cache import EmbeddingCache, FrameEmbeddings, cache_key, file_di
 from nodes.clip.embedder import BACKEND_TORCH, DEVICE_AUTO, ClipEmbedder, load_embedder
 from nodes.clip.model import DEFAULT_MODEL_DIR
 from nodes.serving.config import ServeRef
-from nodes.video_decode import BACKEND_AUTO, FrameBatch, iter_batches, local_path
+from nodes.video_decode import BACKEND_AUTO, FrameBatch, count_frames, iter_batches, local_path
 from nodes.video_ingest import Readahead, StreamEnd
 from pipeline.messages import Frame, FrameScores
 from pipeline.node import Node
@@ -43,6 +43,7 @@ DEFAULT_FPS = 1.0  # A.I.R.'s prescan rate
 DEFAULT_BATCH = 32
 DEFAULT_CACHE_DIR = "runs/clip_cache"
 DEFAULT_QUEUE_BATCHES = 2  # decoded batches waiting for the embedder
+PROGRESS_UNIT = "frames"
 FLUSH_AFTER_S = 1.0  # frame input: a partial batch is scored after this much silence
 POLL_S = 0.05  # how long a tick waits for the decoder before reporting "nothing yet"
 
@@ -86,6 +87,7 @@ class ClipPrescan(Node):
         self.times: list[float] = []
         self.embeddings: list[np.ndarray | PendingEmbeddings] = []  # (b, D) per batch, or its request
         self.cache: EmbeddingCache | None = None
+        self.total_frames: int | None = None  # of the video, for the progress bar
         if p.video is None:
             return
         path = local_path(p.video)  # a missing file fails here, naming it
@@ -112,6 +114,7 @@ class ClipPrescan(Node):
 
         if self.cache is not None:
             self.count("cache_misses")
+        self.total_frames = count_frames(p.video, p.fps)
         self.readahead = Readahead(batches, p.queue_batches, name=f"clip-prescan-{self.node_id}")
         self.readahead.start()
 
@@ -144,6 +147,7 @@ class ClipPrescan(Node):
         self.indices += indices
         self.times += times_s
         self.count("frames_embedded", len(indices))
+        self.report_progress(len(self.indices), self.total_frames, PROGRESS_UNIT)
 
     def _collected(self) -> FrameEmbeddings:
         parts = [e if isinstance(e, np.ndarray) else e.result() for e in self.embeddings]

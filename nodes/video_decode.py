@@ -303,6 +303,17 @@ def _av_live_batches(source: str, sampler: NearestSampler, max_side: int | None,
         raise VideoDecodeError(source, count, last_s, str(exc)) from None
 
 
+def count_frames(source: str, fps: float | None = None, start_s: float = 0.0, end_s: float | None = None) -> int | None:
+    """How many frames `iter_batches` will yield for a local file (a progress bar's total); None for a
+    live stream, whose end nobody knows, and for a file that does not demux (decoding reports why)."""
+    if is_live(source):
+        return None
+    try:
+        return len(select_frames(read_index(source).pts_s, fps, start_s, end_s))
+    except VideoDecodeError:
+        return None
+
+
 def iter_batches(source: str, *, fps: float | None = None, start_s: float = 0.0, end_s: float | None = None,
                  max_side: int | None = None, backend: str = BACKEND_AUTO, batch_size: int = DEFAULT_BATCH,
                  av_format: str | None = None, av_options: dict[str, str] | None = None,

@@ -19,11 +19,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nodes.video_decode import (BACKEND_AUTO, BACKEND_AV, BACKEND_DECORD, DEFAULT_BATCH, LIVE_READ_TIMEOUT_S,
-                                FrameBatch, is_live, iter_batches, local_path)
+                                FrameBatch, count_frames, is_live, iter_batches, local_path)
 from pipeline.messages import Frame
 from pipeline.node import Node
 
 DEFAULT_QUEUE_BATCHES = 4
+PROGRESS_UNIT = "frames"
 POLL_S = 0.05  # how long a tick waits for the decoder before reporting "nothing yet"
 PUT_POLL_S = 0.05  # how often a blocked decoder thread checks whether it should stop
 JOIN_TIMEOUT_S = 5.0
@@ -145,6 +146,7 @@ class VideoIngest(Node):
                                 backend=p.backend, batch_size=p.batch_size, av_format=p.av_format,
                                 av_options=p.av_options, timeout_s=p.timeout_s)
 
+        self.total_frames = None if live else count_frames(p.path, p.fps, p.start_s, p.end_s)
         self.readahead = Readahead(batches, p.queue_batches, drop_oldest=live, name=f"video-ingest-{self.node_id}")
         self.batch: FrameBatch | None = None
         self.position = 0
@@ -168,6 +170,7 @@ class VideoIngest(Node):
         self.emit("frame", Frame(image=self.batch.images[i], index=self.batch.indices[i],
                                  pts_s=self.batch.pts_s[i], frame_id=self.params.frame_id))
         self.count("frames")
+        self.report_progress(self.counters["frames"], self.total_frames, PROGRESS_UNIT)
         return True
 
     def _report_drops(self) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pipeline.executors import EXECUTORS, make_executor
 from pipeline.graph import Graph, GraphError, load_graph, parse_record
 from pipeline.metrics import format_table
 from pipeline.node import resolve_node_class
+from pipeline.progress_bars import REFRESH_S, ProgressBars
 from pipeline.zmq_executor import GraphFailed
 from streaming.recording import RecordingError, read_info, repair
 
@@ -56,13 +58,28 @@ def _run(args: argparse.Namespace) -> int:
 
 def _execute(graph: Graph, args: argparse.Namespace) -> int:
     executor = make_executor(graph, args.executor, machine=args.machine, ray_address=args.ray_address)
+    bars = ProgressBars() if (sys.stderr.isatty() if args.progress is None else args.progress) else None
+    next_table = time.monotonic() + (args.metrics_every or 0.0)
 
     def show(snapshots: list[dict]) -> None:
-        print(format_table(snapshots), flush=True)
+        nonlocal next_table
+        if bars is not None:
+            bars.update(snapshots)
+        if args.metrics_every and time.monotonic() >= next_table:
+            next_table += args.metrics_every
+            (bars.write if bars is not None else print)(format_table(snapshots))
 
-    metrics = executor.run(max_seconds=args.max_seconds, on_metrics=show, metrics_every_s=args.metrics_every)
+    periods = [s for s in (args.metrics_every, REFRESH_S if bars is not None else None) if s]
+    try:
+        metrics = executor.run(max_seconds=args.max_seconds, on_metrics=show,
+                               metrics_every_s=min(periods) if periods else None)
+        if bars is not None:
+            bars.update(metrics)  # where each node ended, which may be after the last refresh
+    finally:
+        if bars is not None:
+            bars.close()
     print(f"graph {graph.name} finished on {args.executor}")
-    show(metrics)
+    print(format_table(metrics), flush=True)
     if args.metrics_json:
         with open(args.metrics_json, "w") as f:
             json.dump(metrics, f, indent=1)
@@ -137,6 +154,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-every", type=float, default=None, metavar="S", help="print metrics every S seconds")
     parser.add_argument("--metrics-json", default=None, help="also write the final metrics to this file")
     parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars of the nodes that report progress (default: when stderr is a terminal)")
     parser.add_argument("--machine", default=None, help="zmq: run only the nodes placed on this machine")
     parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
                         help="ray: the cluster's head (`ray start --head`); default: a local Ray on loopback")

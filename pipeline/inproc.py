@@ -69,8 +69,16 @@ class InprocExecutor:
         """Run until every source has finished and every queue is drained; per-node metrics."""
         started = time.monotonic()
         next_report = started + metrics_every_s if metrics_every_s else None
+
+        def report_if_due() -> None:
+            nonlocal next_report
+            if next_report is not None and on_metrics is not None and time.monotonic() >= next_report:
+                on_metrics(self.metrics())
+                next_report = time.monotonic() + metrics_every_s
+
         self._timeouts = recorded_timeouts(self.graph)
         for runner in self.runners.values():
+            runner.node.on_progress = report_if_due  # a long handler reports while it runs: one thread here
             runner.setup()
         self._recorder = Recorder(self.graph.record, self.graph) if self.graph.record is not None else None
         try:
@@ -79,9 +87,7 @@ class InprocExecutor:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     log.warning("graph %s: stopped after max_seconds=%s", self.graph.name, max_seconds)
                     break
-                if next_report is not None and time.monotonic() >= next_report and on_metrics is not None:
-                    on_metrics(self.metrics())
-                    next_report += metrics_every_s
+                report_if_due()
                 if self._clock_timeouts():
                     self._check_timeouts()
                 if self._ready:

@@ -30,6 +30,7 @@ class NodeMetrics:
         self.handler_errors = 0
         self.restarts = 0
         self.counters: dict[str, int] = defaultdict(int)  # node-specific: clamps, holds, ...
+        self.progress: dict[str, Any] = {}  # the node's own report: {done, total, unit}
         self._latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._port_latency_s: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=LATENCY_WINDOW))
         self._tick_latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -69,6 +70,7 @@ class NodeMetrics:
             "handler_errors": self.handler_errors,
             "restarts": self.restarts,
             "counters": dict(self.counters),
+            "progress": dict(self.progress),
         }
 
 

@@ -60,6 +60,8 @@ class Node:
         self._emitter: Emitter | None = None
         self._loaner: Loaner | None = None
         self.counters: dict[str, int] = defaultdict(int)  # reported with the node's metrics
+        self.progress: dict[str, Any] = {}  # {done, total, unit}: `groundloop run` draws it as a bar
+        self.on_progress: Callable[[], None] | None = None  # set by an executor that cannot poll metrics meanwhile
 
     # ---- declared by subclasses -----------------------------------------------------------------
 
@@ -98,6 +100,13 @@ class Node:
     def count(self, name: str, n: int = 1) -> None:
         """Add to a named counter in this node's metrics (e.g. clamps, holds)."""
         self.counters[name] += n
+
+    def report_progress(self, done: int, total: int | None = None, unit: str = "items") -> None:
+        """How far a long job is (frames decoded, frames judged): shown as a progress bar by
+        `groundloop run` and carried in the node's metrics on every executor."""
+        self.progress.update(done=int(done), total=None if total is None else int(total), unit=unit)
+        if self.on_progress is not None:
+            self.on_progress()
 
     def loan(self, port: str, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
         """An array to fill and then send on `port` without a copy (on one host it lives in shared

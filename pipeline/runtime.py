@@ -52,6 +52,7 @@ class NodeRunner:
         self.node = node if node is not None else spec.cls(spec.params, node_id=spec.id)
         self.metrics = NodeMetrics(spec.id)
         self.metrics.counters = self.node.counters
+        self.metrics.progress = self.node.progress
         self.clock = clock
         self._send = send
         self.edges = {edge.target_port: edge for edge in in_edges}

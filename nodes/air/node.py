@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nodes.air.analysis import ANALYSIS_TOKENS, VlmFrameAnalyser
+from nodes.air.analysis import ANALYSIS_TOKENS, Judgement, VlmFrameAnalyser
 from nodes.air.config import AirConfig
 from nodes.air.selector import SelectedFrame, evidence_spans, select_frames_air
 from nodes.video_qa import DEFAULT_MAX_SIDE, OPTION_LETTERS, VideoFrames
@@ -26,6 +26,7 @@ from pipeline.node import Node
 COUNTER_SELECTIONS = "selections"
 COUNTER_INVALID_SCORES = "invalid_scores"
 NO_SCORE = "-"
+PROGRESS_UNIT = "frames judged"
 
 
 class AirParams(BaseModel):
@@ -93,7 +94,16 @@ class AirFrameSelection(Node):
             return
         analyser = VlmFrameAnalyser(self.vlm, self.frames.image, p.question, p.options, max_new_tokens=p.analysis_tokens,
                                     times_s=self.frames.times_s if p.air.frame_time else None)
-        result = select_frames_air(S, self.frames.times_s, analyser, p.air, budget=p.budget)
+        bound = p.air.candidates * p.air.i_max  # the most frames A.I.R. asks the VLM about
+        judged: list[int] = []
+
+        def analyse(frame: int) -> Judgement:
+            judged.append(frame)
+            self.report_progress(len(judged), bound, PROGRESS_UNIT)
+            return analyser(frame)
+
+        result = select_frames_air(S, self.frames.times_s, analyse, p.air, budget=p.budget)
+        self.report_progress(len(judged), len(judged), PROGRESS_UNIT)  # done: it may stop below the bound
         for name, n in analyser.counts.items():
             self.count(name, n)
         self.count(COUNTER_SELECTIONS)

@@ -205,3 +205,12 @@ def test_decoding_runs_ahead_into_a_bounded_queue_and_close_joins_the_thread(cli
     assert [o.message.index for o in harness.tick(3)] == [0, 1, 2]  # a batch and a half consumed
     harness.close()
     assert not readahead.thread.is_alive()
+
+
+def test_progress_counts_toward_the_frames_the_window_and_rate_select(clips) -> None:
+    harness = NodeHarness(VideoIngest, {"path": str(clips["vfr"]), "fps": 4.0, "start_s": 0.5})
+    try:
+        frames = drain(harness)
+    finally:
+        harness.close()
+    assert harness.metrics["progress"] == {"done": len(frames), "total": len(frames), "unit": "frames"}

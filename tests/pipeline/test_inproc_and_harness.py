@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import yaml
 from pipeline.graph import build_graph
 from pipeline.harness import NodeHarness, TimedInput
 from pipeline.inproc import InprocExecutor
@@ -111,3 +112,34 @@ def test_unknown_message_fields_are_codec_errors():
         Message.from_payload(Payload("Tick", {"value": 1, "bogus": 2}, {}))
     with pytest.raises(CodecError, match="unknown message type"):
         Message.from_payload(Payload("Nope", {}, {}))
+
+
+def test_progress_inside_one_long_handler_reaches_the_metrics_callback_as_it_goes():
+    raw = {"name": "long_job", "nodes": [
+        {"id": "counter", "uses": "tests.pipeline.toy_nodes.Counter", "params": {"count": 1}},
+        {"id": "job", "uses": "tests.pipeline.toy_nodes.LongJob", "params": {"steps": 6, "step_s": 0.03},
+         "inputs": {"value": "counter/value"}},
+    ]}
+    seen: list[int] = []
+
+    def on_metrics(snapshots):
+        progress = {s["node"]: s["progress"] for s in snapshots}["job"]
+        if progress:
+            seen.append(progress["done"])
+
+    final = InprocExecutor(build_graph(raw, "job.yaml")).run(on_metrics=on_metrics, metrics_every_s=0.01)
+    assert 1 <= len(seen) and seen == sorted(seen) and seen[0] < 6  # reported while the handler ran
+    assert {s["node"]: s["progress"] for s in final}["job"] == {"done": 6, "total": 6, "unit": "steps"}
+
+
+def test_groundloop_run_draws_progress_bars_when_asked(tmp_path, capsys):
+    from pipeline.cli import main
+
+    graph = tmp_path / "job.yaml"
+    graph.write_text(yaml.safe_dump({"name": "long_job", "nodes": [
+        {"id": "counter", "uses": "tests.pipeline.toy_nodes.Counter", "params": {"count": 1}},
+        {"id": "job", "uses": "tests.pipeline.toy_nodes.LongJob", "params": {"steps": 4, "step_s": 0.2},
+         "inputs": {"value": "counter/value"}}]}))
+    assert main(["run", str(graph), "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "job:" in err and "4/4" in err and "steps" in err

@@ -109,6 +109,24 @@ class Total(Node):
         self.emit("total", Tick(value=self.total))
 
 
+class LongJobParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = 5
+    step_s: float = 0.02
+
+
+class LongJob(Node):
+    """One long handler that reports its progress step by step (a VLM judging frames, say)."""
+
+    Params = LongJobParams
+    inputs = {"value": Tick}
+
+    def on_value(self, msg: Tick) -> None:
+        for step in range(self.params.steps):
+            time.sleep(self.params.step_s)
+            self.report_progress(step + 1, self.params.steps, "steps")
+
+
 class SinkParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     out: str = ""  # JSON-lines file of received values
