@@ -37,3 +37,13 @@ def read_model_meta(directory: str | Path, meta_file: str) -> dict[str, Any]:
     """Our record of a model directory ({} for a checkpoint that is not one of ours)."""
     path = Path(directory) / meta_file
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save beside `path`, then renamed into place: a run killed mid-save leaves the old file."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial_path = path.with_name(path.name + ".partial")
+    torch.save(obj, partial_path)
+    os.replace(partial_path, path)

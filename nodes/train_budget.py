@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 MIN_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak
 
@@ -41,3 +42,18 @@ def trainer_main(register: Callable[[argparse._SubParsersAction], None], prog: s
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """The options every shapes-world trainer shares (logging, checkpoints, device, data workers,
+    seed, resume), with the defaults of its `TrainOptions`."""
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--data-workers", type=int, default=defaults.data_workers,
+                   help="processes making batches (0: one thread); several keep a GPU fed")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/latest.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -30,7 +29,8 @@ from nodes.clip.config import ClipShapesConfig
 from nodes.clip.data import Prefetcher, SceneFrames, all_labels, make_batch, measure_mean_std, retrieval_auc
 from nodes.clip.model import DEFAULT_MODEL_DIR, build_model, count_parameters, save_model_dir
 from nodes.clip.processing import ImagePreprocessor, build_tokenizer, tokenize
-from nodes.train_budget import budget_seconds, run_progress, trainer_main, warmup_cosine_lr
+from nodes.model_dir import atomic_torch_save
+from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.questions import a_or_an
 from sim.shapes_world.scene import SceneConfig
@@ -142,15 +142,6 @@ def evaluate(model: "CLIPModel", tokenizer: Any, config: ClipShapesConfig, pixel
     return retrieval_auc(image.cpu().numpy(), visible, text.cpu().numpy(), labels)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(path.name + ".partial")
-    torch.save(obj, partial_path)
-    os.replace(partial_path, path)
-
-
 def _load_state(options: TrainOptions) -> dict[str, Any] | None:
     import torch
 
@@ -220,7 +211,7 @@ def train_clip(options: TrainOptions, config: ClipShapesConfig | None = None) ->
                           "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed},
                 "heldout": last_eval}
         save_model_dir(model, tokenizer, config, options.out, meta)
-        _atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
+        atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed_s,
                             "curve": curve, "heldout": last_eval}, options.run_dir / STATE_FILE)
 
@@ -320,16 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=arch.vision_layers, help="vision and text layers each")
     p.add_argument("--width", type=int, default=arch.width, help="width of both towers and the joint space")
     p.add_argument("--heads", type=int, default=arch.heads)
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
-    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
-    p.add_argument("--data-workers", type=int, default=defaults.data_workers,
-                   help="processes making batches (0: one thread); several keep a GPU fed")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/latest.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
+    add_run_arguments(p, defaults)
     p.set_defaults(func=_run_from_args)
 
 

@@ -243,6 +243,20 @@ class Batch:
     truths: np.ndarray  # (B,) int64
 
 
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt, answer) token rows → right-padded ids, attention mask and labels (the answer's tokens,
+    IGNORE_INDEX elsewhere), each (B, T) int64."""
+    length = max(len(p) + len(a) for p, a in rows)
+    ids = np.full((len(rows), length), pad_id, np.int64)  # (B, T)
+    mask = np.zeros((len(rows), length), np.int64)
+    labels = np.full((len(rows), length), IGNORE_INDEX, np.int64)
+    for i, (prompt, answer) in enumerate(rows):
+        ids[i, : len(prompt) + len(answer)] = prompt + answer
+        mask[i, : len(prompt) + len(answer)] = 1
+        labels[i, len(prompt): len(prompt) + len(answer)] = answer
+    return ids, mask, labels
+
+
 class Encoder:
     """Examples → token ids exactly as the checkpoint's processor builds them at inference: the chat
     template, each image token repeated once per image feature, [BOS] first; the answer and [EOS] after."""
@@ -267,13 +281,6 @@ class Encoder:
         if len(tasks) != 1:
             raise ValueError(f"a batch holds one task, got {sorted(tasks)}")
         rows = [(self.prompt_ids(len(e.images), e.prompt), self.answer_ids(e.target)) for e in examples]
-        length = max(len(p) + len(a) for p, a in rows)
-        ids = np.full((len(rows), length), self.tokenizer.pad_token_id, np.int64)  # (B, T)
-        mask = np.zeros((len(rows), length), np.int64)
-        labels = np.full((len(rows), length), IGNORE_INDEX, np.int64)
-        for i, (prompt, answer) in enumerate(rows):
-            ids[i, : len(prompt) + len(answer)] = prompt + answer
-            mask[i, : len(prompt) + len(answer)] = 1
-            labels[i, len(prompt): len(prompt) + len(answer)] = answer
+        ids, mask, labels = pad_rows(rows, self.tokenizer.pad_token_id)
         pixels = self.preprocess(np.stack([image for e in examples for image in e.images]))  # (N, 3, S, S)
         return Batch(tasks.pop(), ids, mask, labels, pixels, np.array([e.truth for e in examples], np.int64))

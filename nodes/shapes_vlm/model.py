@@ -51,7 +51,7 @@ PLACEHOLDER = re.compile(r"\{[^{}]*\}")  # "{question}", "{:.1f}" in the prompt 
 VISION, PROJECTOR, LM = "vision", "projector", "lm"
 
 
-def _pre_tokenizer() -> Any:
+def pre_tokenizer() -> Any:
     """Whitespace splits words, each punctuation mark and each digit is a token of its own."""
     from tokenizers import pre_tokenizers
 
@@ -62,7 +62,7 @@ def _pre_tokenizer() -> Any:
 def vocabulary() -> list[str]:
     """The CLIP's special tokens and words first, the image token, then every new word of the texts the
     model reads and writes, in order of first appearance (so the ids never depend on hashing)."""
-    split = _pre_tokenizer()
+    split = pre_tokenizer()
     texts = [ANALYSIS_PROMPT, FRAME_TIME, ANSWER_PROMPT, TIMELINE, TIMESTAMP, " ".join(OPTION_LETTERS), " ".join(DIGITS),
              f"{USER}: {ASSISTANT}:", *VOCABULARY_TEXTS]
     words = [word for text in texts for word, _ in split.pre_tokenize_str(PLACEHOLDER.sub(" ", text))]
@@ -70,19 +70,21 @@ def vocabulary() -> list[str]:
     return list(dict.fromkeys([*SPECIAL_TOKENS, IMAGE_TOKEN, *clip_words, *words]))
 
 
-def build_tokenizer(max_len: int) -> "PreTrainedTokenizerFast":
-    """Word-level, case kept, [BOS] before a text (no [EOS]: a prompt must stay open for the answer)."""
+def build_tokenizer(max_len: int, words: list[str] | None = None, special: tuple[str, ...] = ()
+                    ) -> "PreTrainedTokenizerFast":
+    """Word-level, case kept, [BOS] before a text (no [EOS]: a prompt must stay open for the answer),
+    over `words` (default `vocabulary()`); the image token and `special` are never split."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {word: i for i, word in enumerate(vocabulary())}
+    vocab = {word: i for i, word in enumerate(words if words is not None else vocabulary())}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.normalizer = normalizers.NFKC()
-    backend.pre_tokenizer = _pre_tokenizer()
+    backend.pre_tokenizer = pre_tokenizer()
     backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
     backend.decoder = decoders.WordPiece()  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_len, pad_token=PAD, unk_token=UNK,
-                                   bos_token=BOS, eos_token=EOS, additional_special_tokens=[IMAGE_TOKEN])
+                                   bos_token=BOS, eos_token=EOS, additional_special_tokens=[IMAGE_TOKEN, *special])
 
 
 def build_processor(clip_dir: Path, tokenizer: "PreTrainedTokenizerFast", patch_size: int) -> "LlavaProcessor":

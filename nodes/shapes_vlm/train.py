@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,11 +32,12 @@ from nodes.air.analysis import SCORE_HIGH, SCORE_LOW
 from nodes.clip.data import Prefetcher
 from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
+from nodes.model_dir import atomic_torch_save
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     read_meta, save_vlm_dir)
-from nodes.train_budget import budget_seconds, run_progress, trainer_main, warmup_cosine_lr
+from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from nodes.vlm.hf import resolve_device
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 
@@ -232,15 +232,6 @@ def evaluate(model: "LlavaForConditionalGeneration", encoder: Encoder, tasks: Sh
     return tally.metrics()
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(path.name + ".partial")
-    torch.save(obj, partial_path)
-    os.replace(partial_path, path)
-
-
 def _load_state(options: TrainOptions) -> dict[str, Any] | None:
     import torch
 
@@ -325,7 +316,7 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
                           "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed},
                 "heldout": last_eval}
         save_vlm_dir(model, processor, config, options.out, meta)
-        _atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
+        atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
                             "optimizer": optimizer.state_dict() if optimizer is not None else None, "step": step,
                             "stage": stage_index, "stage_start": stage_start, "elapsed_s": elapsed_s, "curve": curve,
                             "heldout": last_eval}, options.run_dir / STATE_FILE)
@@ -446,16 +437,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-size", type=int, default=arch.hidden_size, help="width of the language model")
     p.add_argument("--layers", type=int, default=arch.layers, help="language-model layers")
     p.add_argument("--heads", type=int, default=arch.heads)
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
-    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
-    p.add_argument("--data-workers", type=int, default=defaults.data_workers,
-                   help="processes making batches (0: one thread); several keep a GPU fed")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/latest.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
+    add_run_arguments(p, defaults)
     p.set_defaults(func=_run_from_args)
 
 

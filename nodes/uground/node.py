@@ -1,0 +1,82 @@
+"""UGroundNode: a frame and a referring expression in, the mask of what it refers to out.
+
+The node is `nodes.grounding.TargetGrounding` with a UGround grounder: the expression is a param (fixed for
+the run) or the `instruction` input's, per episode; out goes a `TargetMask` per frame: (1, H, W) with
+P([SEG]) as its score when the model answers [SEG] and SAM's mask has at least `min_pixels` pixels,
+otherwise (0, H, W) with the reason ("absent: [REJ] ..." when the model says nothing there fits). The
+frame may have any size: the VLM sees it padded square, SAM resized longest-side + padded, and the mask
+comes back in the frame's pixels.
+
+`UGroundGrounder` is the `ImageGrounder` behind it, so the grounding node can offer it by name too
+(`GROUNDERS["uground"]`). The model loads in `setup()`, from a local directory (`groundloop train uground`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from nodes.grounding import DEFAULT_MIN_PIXELS, Grounding, ImageGrounder, TargetGrounding
+from nodes.uground.config import DEFAULT_MODEL_DIR, MODE_LAST, MODES
+
+DEVICE_AUTO = "auto"
+
+
+class UGroundGrounder(ImageGrounder):
+    """A trained UGround: the expression's target in an RGB image, or why there is none."""
+
+    def __init__(self, model: str = DEFAULT_MODEL_DIR, device: str = DEVICE_AUTO, mode: int = MODE_LAST,
+                 mask_prompt: bool = True, num_threads: int | None = None, **options: Any) -> None:
+        import torch
+
+        from nodes.uground.evaluate import Variant
+        from nodes.uground.model import load_uground
+        from nodes.vlm.hf import resolve_device
+
+        super().__init__(**options)
+        if mode not in MODES:
+            raise ValueError(f"mode {mode} is not one of {MODES}")
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.device = resolve_device(device)
+        self.model, self.encoder = load_uground(model, self.device)
+        self.variant = Variant(f"mode{mode}", mode=mode, mask_prompt=mask_prompt)
+
+    def ground_image(self, rgb: np.ndarray, instruction: str) -> Grounding:
+        from nodes.uground.evaluate import predict
+
+        batch = self.encoder.encode([np.asarray(rgb)], [instruction])
+        prediction = predict(self.model, self.encoder, batch, [self.variant], self.device)[self.variant.name][0]
+        if not prediction.present:
+            return Grounding.absent(rgb.shape, f"absent: [REJ] for {instruction!r} (P([SEG]) {prediction.p_seg:.2f})")
+        pixels = int(prediction.mask.sum())
+        if pixels < self.min_pixels:
+            return Grounding.absent(rgb.shape, f"absent: [SEG] for {instruction!r} but SAM's mask has {pixels} pixels")
+        return Grounding(prediction.mask, prediction.p_seg)
+
+
+class UGroundParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str = Field(DEFAULT_MODEL_DIR, description="a UGround directory (groundloop train uground)")
+    device: str = Field(DEVICE_AUTO, description="auto: CUDA when present, else CPU")
+    mode: int = Field(MODE_LAST, description="1: the last layer's [SEG] (the paper's evaluation); 3: the layer "
+                                             "policy's most probable layer; 2: that layer for the map only")
+    mask_prompt: bool = Field(True, description="prompt SAM with the similarity map (False: the [SEG] token only)")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: the runtime's default)")
+    min_pixels: int = Field(DEFAULT_MIN_PIXELS, ge=0, description="a smaller mask counts as no target")
+    instruction: str | None = Field(None, description="a fixed referring expression; None: the `instruction` "
+                                                      "input's, per episode")
+
+
+class UGroundNode(TargetGrounding):
+    """Frame (+ expression) in → the referred target's mask out, one per frame; [REJ] gives an empty one."""
+
+    Params = UGroundParams
+
+    def setup(self) -> None:
+        p = self.params
+        self.grounder = UGroundGrounder(p.model, p.device, p.mode, p.mask_prompt, p.num_threads,
+                                        min_pixels=p.min_pixels)
+        self.instructions: dict[int, str] = {}  # episode -> expression (TargetGrounding's state)
+        self.pending = None  # the newest frame still waiting for its episode's expression
