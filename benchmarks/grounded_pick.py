@@ -2,14 +2,14 @@
 
 GroundedPickCube-v1 (three cubes of different colours, the instruction names one) run through
 configs/grounded_pick.yaml on the same seeds for every grounder, side by side:
-- each grounder in --grounders (default `color`, the HSV-threshold baseline; a learned one once it is
+- each grounder in --grounders (default `color`, the HSV-threshold baseline; `uground`, the learned one; any
   registered in nodes.grounding.GROUNDERS);
 - oracle: the simulator's segmentation of the named cube — the ceiling, so the ratio is ours / oracle.
 Then the grounding alone, on the first frame of each seed: IoU of the mask with the oracle's for the
 named cube, how often the mask touches a distractor, and how often a palette colour that is not in the
 scene is reported absent.
 
-    python benchmarks/grounded_pick.py [--quick] [--episodes 20] [--seed 1000] [--grounders color ...]
+    python benchmarks/grounded_pick.py [--quick] [--episodes 20] [--seed 1000] [--grounders color,uground]
 
 A table, then one JSON object with every figure as the last line.
 """
@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_EPISODES} episodes per grounder (1–3 minutes)")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1000, help="first seed; every grounder gets the same ones")
-    parser.add_argument("--grounders", nargs="+", default=[COLOR], help="grounders measured against the oracle")
+    parser.add_argument("--grounders", default=COLOR, help="comma-separated grounders measured against the oracle "
+                                                          "(color, uground)")
     parser.add_argument("--executor", choices=("inproc", "zmq"), default="inproc")
     args = parser.parse_args(argv)
     episodes = QUICK_EPISODES if args.quick else args.episodes
-    grounders = [g for g in args.grounders if g != ORACLE]
+    grounders = [g for g in args.grounders.split(",") if g and g != ORACLE]
     started = time.monotonic()
 
     print(f"GroundedPickCube-v1 ({GRAPH}), {episodes} episodes from seed {args.seed}")

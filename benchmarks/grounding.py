@@ -6,9 +6,14 @@ the JSON on the last line holds one key per part. Parts:
   on the VLM's per-layer image value tokens — the per-layer curve, with and without input-agnostic key
   blocking (keys found on train-split stills), with and without a text prefix before the image
   (--prefix: the expression itself, or a fixed text).
-- uground: not here yet. Its part goes beside `kv_probe_part` (mode 1 / mode 3 / no mask prompt;
-  gIoU, cIoU, empty-target accuracy; similarity-map IoU per layer; the learned layer distribution),
-  registered in PARTS, reusing `referring_stills`, `iou` and `summarise_ious`.
+- uground (`--uground-only` runs just this): the trained UGround (nodes/uground, reference/papers.md §2),
+  read the three ways of the paper's ablation in miniature — mode 1 (the last layer's [SEG]), mode 3 (the
+  layer policy's most probable layer) and no mask prompt (mode 1 with SAM's no-mask embedding) — through
+  the trainer's own inference and metrics (`nodes.uground.evaluate`, gRefCOCO's rules: an empty target
+  scores 1 when answered empty; empty-target and target accuracy); beside them the floor of a model that
+  never rejects and covers every shape, SAM's mask with each layer's [SEG] on its own, the similarity map
+  of each layer thresholded at 0.5 against the target (empty targets skipped), and the layers the policy
+  picks over all expressions (whether the model then answers [SEG] or [REJ]).
 
 Metrics. Per expression, IoU of the predicted and target masks. gIoU: the mean IoU over expressions
 (LISA/UGround's gIoU; "mIoU" here); cIoU: total intersection / total union. The probe cannot reject
@@ -20,7 +25,8 @@ against every other token, and against tokens of the other shapes only — above
 is what referring needs; against everything, telling shapes from background is enough. Masks threshold
 each min–max map at 0.5 (zero-shot), and at the per-layer threshold that maximises gIoU on train stills.
 
-    python benchmarks/grounding.py [--quick] [--probe-only] [--vlm DIR] [--stills N] [--prefix expression|TEXT]
+    python benchmarks/grounding.py [--quick] [--probe-only | --uground-only] [--vlm DIR] [--uground DIR]
+                                   [--stills N] [--prefix expression|TEXT]
 
 A table per part, then one JSON object with every figure as the last line.
 """
@@ -40,9 +46,14 @@ if TYPE_CHECKING:
     import torch
 
     from nodes.kv_probe import KvProbe
+    from nodes.uground.data import ReferringSample, UGroundEncoder
+    from nodes.uground.model import UGroundModel
 
-KV_PROBE = "kv_probe"
+KV_PROBE, UGROUND = "kv_probe", "uground"
 DEFAULT_VLM = "models/vlm_shapes"
+DEFAULT_UGROUND = "models/uground_shapes"
+UGROUND_BATCH = 16  # expressions per VLM pass (the trainer's batch)
+ALL_SHAPES = "all_shapes"  # the floor: every shape as the mask, never [REJ]
 DEFAULT_STILLS, QUICK_STILLS = 100, 25  # held-out stills
 DEFAULT_TRAIN_STILLS, QUICK_TRAIN_STILLS = 30, 10  # train stills, to choose the per-layer threshold
 DEFAULT_CALIBRATION, QUICK_CALIBRATION = 64, 32  # train stills, to find the input-agnostic keys
@@ -203,6 +214,7 @@ def unknown_word_share(probe: "KvProbe", stills: list[Still]) -> dict[str, float
 @dataclass
 class Settings:
     vlm: str
+    uground: str
     device: str
     stills: int
     train_stills: int
@@ -270,27 +282,161 @@ def print_kv_probe(report: dict[str, Any]) -> None:
     print(f"expressions with a word the tokenizer lacks, by kind: {report['unknown_word_share']}")
 
 
+def rounded(value: Any) -> Any:
+    """Floats in nested dicts and lists to 4 places, for the JSON line."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def referring_samples(stills: list[Still]) -> list["ReferringSample"]:
+    """Every expression of the stills as UGround's samples, in still order."""
+    from nodes.uground.data import ReferringSample
+
+    return [ReferringSample(still.image, text, target, kind, still.seed)
+            for still in stills for text, kind, target in still.expressions]
+
+
+def all_shapes_floor(stills: list[Still]) -> dict[str, Any]:
+    """The metrics of a model that answers every expression with every shape (never [REJ])."""
+    from nodes.uground.evaluate import Prediction, Tally
+
+    tally = Tally()
+    for still in stills:
+        shapes = still.instances.any(0)
+        for _, kind, target in still.expressions:
+            tally.add(Prediction(shapes, present=True, p_seg=1.0), target, kind)
+    return tally.metrics()
+
+
+@dataclass
+class LayerReadings:
+    """Per expression, what each layer says before SAM, and where the policy would look."""
+
+    inter: np.ndarray  # (E_t, L) similarity map ≥ 0.5 against the target, expressions with a target only
+    union: np.ndarray  # (E_t, L)
+    policy_layers: np.ndarray  # (E,) the policy's most probable layer, every expression
+    policy_probs: np.ndarray  # (E, L)
+
+
+def layer_readings(model: "UGroundModel", encoder: "UGroundEncoder", samples: list["ReferringSample"],
+                   device: "torch.device") -> LayerReadings:
+    """One VLM pass per batch: every layer's similarity map (as the model makes it for SAM, in the image
+    frame) thresholded against the target, and the policy's choice for every expression."""
+    import torch
+
+    from nodes.sam.similarity import similarity_maps
+    from nodes.uground.config import MODE_POLICY
+    from nodes.uground.model import to_inputs
+
+    inter, union, layers, probs = [], [], [], []
+    with torch.no_grad():
+        for start in range(0, len(samples), UGROUND_BATCH):
+            part = samples[start: start + UGROUND_BATCH]
+            batch = encoder.batch(part)
+            inputs = to_inputs(batch, device)
+            reading = model.read(inputs["input_ids"], inputs["attention_mask"], inputs["clip_pixels"],
+                                 inputs["seg_positions"])
+            choice, _ = model.layers(reading.seg_states, MODE_POLICY, sample=False)
+            layers.append(choice.layers.cpu().numpy())
+            probs.append(choice.probs.cpu().numpy())
+            rows = np.flatnonzero(batch.has_target)
+            if not len(rows):
+                continue
+            seg, images = reading.seg_states[rows], reading.image_states[rows]  # (N, L, D), (N, L, P, D)
+            n, n_layers = seg.shape[:2]
+            maps = similarity_maps(seg.flatten(0, 1), images.flatten(0, 1), model.grid, batch.image_hw,
+                                   prompt_size=model.config.sam.mask_prompt_size, canvas=model.clip_side)
+            masks = (maps.image >= ZERO_SHOT_THRESHOLD).view(n, n_layers, *batch.image_hw).cpu().numpy()
+            for mask, row in zip(masks, rows):
+                i, u = iou(mask, part[row].target)
+                inter.append(i)
+                union.append(u)
+    return LayerReadings(np.array(inter), np.array(union), np.concatenate(layers), np.concatenate(probs))
+
+
+def uground_part(settings: Settings) -> dict[str, Any]:
+    """Mode 1 / mode 3 / no mask prompt with the all-shapes floor, per-layer similarity-map and SAM-mask
+    IoU, and the policy's layer distribution, on every expression of the held-out stills."""
+    from nodes.uground.evaluate import DEFAULT_VARIANTS, MODE1, evaluate, layer_variants
+    from nodes.uground.model import load_uground
+    from nodes.vlm.hf import resolve_device
+    from sim.shapes_world.dataset import HELDOUT
+
+    device = resolve_device(settings.device)
+    model, encoder = load_uground(settings.uground, device)
+    n_layers = model.config.num_layers
+    stills = referring_stills(HELDOUT, settings.stills, HELDOUT_START)
+    samples = referring_samples(stills)
+    per_layer = layer_variants(n_layers)
+    metrics = evaluate(model, encoder, samples, device, batch_size=UGROUND_BATCH, variants=DEFAULT_VARIANTS + per_layer)
+    readings = layer_readings(model, encoder, samples, device)
+    variants = {v.name: metrics[v.name] for v in DEFAULT_VARIANTS}
+    counts = np.bincount(readings.policy_layers, minlength=n_layers)
+    return rounded({
+        "model": settings.uground, "stills": settings.stills, "seeds": [s.seed for s in stills],
+        "expressions": len(samples), "empty_targets": int(sum(not s.has_target for s in samples)),
+        "layers": n_layers, "variants": variants, ALL_SHAPES: all_shapes_floor(stills),
+        "giou_vs_mode1": {name: m["giou"] - variants[MODE1]["giou"] for name, m in variants.items() if name != MODE1},
+        "similarity_map": {"threshold": ZERO_SHOT_THRESHOLD, "n": len(readings.inter),
+                           **summarise_ious(readings.inter, readings.union)},
+        "layer_masks": {key: [metrics[v.name][key] for v in per_layer] for key in ("giou", "ciou")},
+        "policy": {"n": len(readings.policy_layers), "layers": {str(k): int(c) for k, c in enumerate(counts)},
+                   "mean_probs": readings.policy_probs.mean(0).tolist()}})
+
+
+def print_uground(report: dict[str, Any]) -> None:
+    print(f"\nUGround — {report['model']}: {report['stills']} held-out stills, {report['expressions']} expressions "
+          f"({report['empty_targets']} with an empty target)")
+    rows = {**report["variants"], f"{ALL_SHAPES} (floor)": report[ALL_SHAPES]}
+    print(f"{'variant':<20}{'gIoU':>8}{'cIoU':>8}{'empty acc':>11}{'target acc':>12}")
+    for name, m in rows.items():
+        empty = "—" if m["empty_accuracy"] is None else f"{m['empty_accuracy']:.3f}"
+        target = "—" if m["target_accuracy"] is None else f"{m['target_accuracy']:.3f}"
+        print(f"{name:<20}{m['giou']:>8.3f}{m['ciou']:>8.3f}{empty:>11}{target:>12}")
+    kinds = sorted({k for m in rows.values() for k in m["giou_by_kind"]})
+    print(f"\ngIoU by expression kind\n{'variant':<20}" + "".join(f"{k:>11}" for k in kinds))
+    for name, m in rows.items():
+        print(f"{name:<20}" + "".join(f"{m['giou_by_kind'].get(k, float('nan')):>11.3f}" for k in kinds))
+    sim, masks, policy = report["similarity_map"], report["layer_masks"], report["policy"]
+    print(f"\nper layer: similarity map ≥ {sim['threshold']} against the target ({sim['n']} expressions with a "
+          f"target); SAM's mask with that layer's [SEG] (all {report['expressions']}); the policy's picks "
+          f"(all {policy['n']})")
+    print(f"{'layer':>5}{'map gIoU':>10}{'map cIoU':>10}{'SAM gIoU':>10}{'SAM cIoU':>10}{'picks':>7}{'mean P':>8}")
+    for layer in range(report["layers"]):
+        print(f"{layer:>5}{sim['giou'][layer]:>10.3f}{sim['ciou'][layer]:>10.3f}{masks['giou'][layer]:>10.3f}"
+              f"{masks['ciou'][layer]:>10.3f}{policy['layers'][str(layer)]:>7}{policy['mean_probs'][layer]:>8.3f}")
+
+
 PARTS: dict[str, tuple[Callable[[Settings], dict[str, Any]], Callable[[dict[str, Any]], None]]] = {
     KV_PROBE: (kv_probe_part, print_kv_probe),
+    UGROUND: (uground_part, print_uground),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STILLS} held-out stills (about a minute)")
-    parser.add_argument("--probe-only", action="store_true", help="run only the KV-probe part")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--probe-only", action="store_true", help="run only the KV-probe part")
+    only.add_argument("--uground-only", action="store_true", help="run only the UGround part")
     parser.add_argument("--vlm", default=DEFAULT_VLM, help="VLM checkpoint directory (Hugging Face format)")
+    parser.add_argument("--uground", default=DEFAULT_UGROUND, help="UGround directory (groundloop train uground)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--stills", type=int, default=None, help=f"held-out stills (default {DEFAULT_STILLS})")
     parser.add_argument("--prefix", default=PREFIX_EXPRESSION,
                         help=f"text before the image in the prefix conditions: '{PREFIX_EXPRESSION}' (each expression "
                              "itself) or a fixed text")
     args = parser.parse_args(argv)
-    settings = Settings(vlm=args.vlm, device=args.device,
+    settings = Settings(vlm=args.vlm, uground=args.uground, device=args.device,
                         stills=args.stills or (QUICK_STILLS if args.quick else DEFAULT_STILLS),
                         train_stills=QUICK_TRAIN_STILLS if args.quick else DEFAULT_TRAIN_STILLS,
                         calibration=QUICK_CALIBRATION if args.quick else DEFAULT_CALIBRATION, prefix=args.prefix)
-    parts = [KV_PROBE] if args.probe_only else list(PARTS)
+    parts = [KV_PROBE] if args.probe_only else [UGROUND] if args.uground_only else list(PARTS)
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "grounding", "quick": args.quick, "parts": parts}
     for name in parts:

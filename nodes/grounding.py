@@ -5,7 +5,9 @@ score, or an empty mask with the reason the target is absent. Grounders shipped 
 - `oracle`: the simulator's segmentation, by the segment the instruction's colour names (`cube_green`):
   the ceiling a grounder is measured against;
 - `color`: a non-learned baseline, the named colour's hue band on the RGB image (HSV thresholds), its
-  largest connected blob.
+  largest connected blob;
+- `uground`: the trained UGround (`nodes.uground.node.UGroundGrounder`; its model directory and settings
+  through the node's `options`), imported only when chosen, since that module imports this one.
 A learned grounder (an image model) subclasses `ImageGrounder` and registers in `GROUNDERS`.
 
 The instruction comes from a param (fixed for the run) or, per episode, from the `instruction` input;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,7 +30,7 @@ from pipeline.messages import Frame, Mask, Message
 from pipeline.node import Node
 from robot.interface import RobotObservation
 
-ORACLE, COLOR = "oracle", "color"
+ORACLE, COLOR, UGROUND = "oracle", "color", "uground"
 #: colour word -> (hue centre, half-width) in degrees; bands do not overlap. The table's wood is ~20°
 #: ("orange"), so orange is the one colour this baseline cannot find on that table.
 COLOUR_HUES: dict[str, tuple[float, float]] = {
@@ -168,7 +171,16 @@ class ColorGrounder(ImageGrounder):
         return Grounding(mask, float(np.mean(1.0 - distance[mask] / half_width)))
 
 
-GROUNDERS: dict[str, type[Grounder]] = {ORACLE: OracleGrounder, COLOR: ColorGrounder}
+def uground_grounder(**options: Any) -> Grounder:
+    """UGround, imported here rather than at the top: `nodes.uground.node` imports this module, and torch and
+    transformers load only for the node that asks for it."""
+    from nodes.uground.node import UGroundGrounder
+
+    return UGroundGrounder(**options)
+
+
+GROUNDERS: dict[str, Callable[..., Grounder]] = {ORACLE: OracleGrounder, COLOR: ColorGrounder,
+                                                 UGROUND: uground_grounder}
 
 
 def make_grounder(name: str, options: dict[str, Any] | None = None) -> Grounder:

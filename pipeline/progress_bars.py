@@ -12,8 +12,8 @@ REFRESH_S = 0.5  # how often `groundloop run` asks for snapshots while bars are 
 
 
 class ProgressBars:
-    def __init__(self, file: TextIO = sys.stderr):
-        self.file = file
+    def __init__(self, file: TextIO | None = None):
+        self.file = file if file is not None else sys.stderr  # looked up now: a test may have replaced it
         self.bars: dict[str, tqdm] = {}
 
     def update(self, snapshots: list[dict[str, Any]]) -> None:

@@ -24,11 +24,10 @@ import json
 import logging
 import os
 import signal
+import threading
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from nodes.serving.client import ADDRESS_KEY
@@ -192,10 +191,6 @@ def head_resources(config: ModelsConfig) -> tuple[float, float]:
         return cpus, 0
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def selected(config: ModelsConfig, only: str | None) -> ModelsConfig:
     """`config` with just the deployments `--only` names (all when None)."""
     if not only:
@@ -205,16 +200,17 @@ def selected(config: ModelsConfig, only: str | None) -> ModelsConfig:
     return config.model_copy(update={"deployments": specs})
 
 
-def watch(names: list[str]) -> None:
-    """Block, printing a line whenever a deployment changes state (a replica died and is being replaced)."""
+def watch(names: list[str], stop: threading.Event) -> None:
+    """Block until `stop`, printing a line whenever a deployment changes state (a replica died and is
+    being replaced)."""
     last: dict[str, str] = {}
-    while True:
+    while not stop.is_set():
         for state in states():
             if state.name in names and last.get(state.name) != state.status:
                 if state.name in last:
                     print(f"{state.name}: {last[state.name]} -> {state.status} {state.message}".rstrip(), flush=True)
                 last[state.name] = state.status
-        time.sleep(WATCH_EVERY_S)
+        stop.wait(WATCH_EVERY_S)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -237,7 +233,9 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("%s: %s is not loopback: reachable from other machines", args.file, exposure)
     names = config.names()
     owned = args.address is None
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop = threading.Event()  # a signal only sets it: an exception raised inside a Ray call could wedge shutdown
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         address = start_local(config) if owned else join(args.address, config)
         deploy(config.deployments)
@@ -246,9 +244,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"address written to {address_file}", flush=True)
         if not args.detach:
             print("serving; Ctrl-C stops", flush=True)
-            watch(names)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
+            watch(names, stop)
+            print("stopping", flush=True)
     except RuntimeError as exc:  # Serve's word for a deployment that failed to start
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -1,5 +1,7 @@
 """Grounding on constructed frames: the colour baseline and the oracle find the named cube, say when it
-is absent, and an absent target reaches the planner (no plan, with the reason) and the controller (hold)."""
+is absent, and an absent target reaches the planner (no plan, with the reason) and the controller (hold);
+the shipped UGround is selectable by name and keeps the grounder's contract (its quality is not asserted:
+it was trained on shapes-world stills, not on these frames)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +13,9 @@ from nodes.controller import Controller
 from nodes.grounding import (
     COLOR,
     ORACLE,
+    UGROUND,
     ColorGrounder,
+    Grounding,
     Instruction,
     OracleGrounder,
     TargetGrounding,
@@ -109,7 +113,7 @@ def test_the_colour_baseline_ignores_specks_of_the_colour():
 
 def test_unknown_grounder_and_options_are_clear_errors():
     with pytest.raises(ValueError, match="oracle"):
-        make_grounder("uground")
+        make_grounder("sam")
     with pytest.raises(ValueError, match="checkpoint"):
         make_grounder(COLOR, {"checkpoint": "x.pt"})
 
@@ -125,6 +129,46 @@ def test_the_node_waits_for_its_episodes_instruction_then_masks_each_frame():
     assert absent == []
     later = harness.send("frame", scene_frame(step=0, episode=1))[0].message
     assert later.masks.shape == (0, SIZE, SIZE) and later.scores.shape == (0,) and later.reason.startswith("absent")
+
+
+SHIPPED_UGROUND = {"model": "models/uground_shapes", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def uground():
+    """The shipped UGround, loaded once: the registry builds it lazily (nodes.uground imports this module)."""
+    from nodes.uground.node import UGroundGrounder
+
+    grounder = make_grounder(UGROUND, SHIPPED_UGROUND)
+    assert isinstance(grounder, UGroundGrounder)
+    return grounder
+
+
+def assert_grounding_contract(result: Grounding) -> None:
+    """A found target is a non-empty (H, W) mask with a score in [0, 1]; an absent one is empty with a reason."""
+    assert isinstance(result, Grounding) and result.mask.shape == (SIZE, SIZE) and result.mask.dtype == bool
+    if result.found:
+        assert result.mask.any() and 0.0 <= result.score <= 1.0
+    else:
+        assert not result.mask.any() and result.score == 0.0 and result.reason.startswith("absent")
+
+
+@pytest.mark.parametrize("instruction", ["pick the green cube", "pick the purple moon", "nothing at all"])
+def test_uground_answers_any_instruction_with_a_mask_or_an_absent_target(uground, instruction):
+    assert_grounding_contract(uground.ground(scene_frame(), instruction))
+
+
+def test_uground_takes_its_options_from_the_node_and_rejects_unknown_ones():
+    with pytest.raises(ValueError, match="checkpoint"):
+        make_grounder(UGROUND, {**SHIPPED_UGROUND, "checkpoint": "x.pt"})
+    with pytest.raises(FileNotFoundError, match="no UGround model"):
+        make_grounder(UGROUND, {"model": "models/no_such_uground"})
+    harness = NodeHarness(TargetGrounding, {"grounder": UGROUND, "options": {**SHIPPED_UGROUND, "mode": 3},
+                                            "instruction": "pick the blue cube"})
+    mask = harness.send("frame", scene_frame(step=3))[0].message
+    assert isinstance(mask, TargetMask) and mask.masks.shape[1:] == (SIZE, SIZE) and mask.step == 3
+    assert len(mask.masks) == len(mask.scores) == len(mask.labels) and len(mask.masks) in (0, 1)
+    assert (len(mask.masks) == 0) == mask.reason.startswith("absent")
 
 
 def ground(colour: str, step: int = 0) -> tuple[Frame, TargetMask]:
