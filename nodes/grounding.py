@@ -11,7 +11,7 @@ score, or an empty mask with the reason the target is absent. Grounders shipped 
 A learned grounder (an image model) subclasses `ImageGrounder` and registers in `GROUNDERS`.
 
 The instruction comes from a param (fixed for the run) or, per episode, from the `instruction` input;
-`InstructedRobotNode` publishes the simulator's one. Downstream, the point-cloud node flags the mask's
+the robot node publishes the task's one at each episode's start. Downstream, the point-cloud node flags the mask's
 points as the target, and the planner reports an absent target instead of planning.
 """
 from __future__ import annotations
@@ -25,10 +25,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.robot_io import RobotNode
-from pipeline.messages import Frame, Mask, Message
+from pipeline.messages import Frame, Instruction, Mask
 from pipeline.node import Node
-from robot.interface import RobotObservation
 
 ORACLE, COLOR, UGROUND = "oracle", "color", "uground"
 #: colour word -> (hue centre, half-width) in degrees; bands do not overlap. The table's wood is ~20°
@@ -41,27 +39,6 @@ MIN_SATURATION, MIN_VALUE = 0.4, 0.15  # greys (the robot, the floor) and shadow
 DEFAULT_TARGET_TEMPLATE = "cube_{colour}"  # the segment the oracle looks for (sim/grounded_pick.py's names)
 DEFAULT_MIN_PIXELS = 20  # fewer pixels than this: the target is absent (anti-aliased edges make stray hues)
 _WORD = re.compile(r"[a-z]+")
-
-
-# ---- messages (to move to pipeline/messages.py: see the module's report) ---------------------------
-
-
-@dataclass(kw_only=True)
-class Instruction(Message):
-    """What the operator asked for, in words, for one episode."""
-
-    text: str = ""
-    episode: int = 0
-
-
-@dataclass(kw_only=True)
-class TargetMask(Mask):
-    """The grounded target of one frame: `masks` (1, H, W) when found, (0, H, W) with `reason` when not."""
-
-    query: str = ""
-    reason: str = ""  # why there is no target, e.g. "absent: no green pixels"
-    episode: int = 0
-    step: int = -1
 
 
 # ---- grounders ------------------------------------------------------------------------------------
@@ -205,7 +182,7 @@ class TargetGrounding(Node):
 
     Params = GroundingParams
     inputs: ClassVar = {"frame": Frame, "instruction": Instruction}
-    outputs: ClassVar = {"mask": TargetMask}
+    outputs: ClassVar = {"mask": Mask}
 
     def setup(self) -> None:
         self.grounder = make_grounder(self.params.grounder, self.params.options)
@@ -230,21 +207,7 @@ class TargetGrounding(Node):
             self.count("absent")
             self.log.warning("episode %d step %d: %r: %s", msg.episode, msg.step, instruction, grounding.reason)
         masks = grounding.mask[None] if grounding.found else np.zeros((0, *grounding.mask.shape), bool)
-        self.emit("mask", TargetMask(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, masks=masks,
+        self.emit("mask", Mask(stamp_ns=msg.stamp_ns, frame_id=msg.frame_id, masks=masks,
                                      scores=np.array([grounding.score] if grounding.found else [], np.float32),
                                      labels=[instruction] if grounding.found else [], query=instruction,
                                      reason=grounding.reason, episode=msg.episode, step=msg.step))
-
-
-class InstructedRobotNode(RobotNode):
-    """The robot node that also says, at each episode's start, what the task's instruction is.
-
-    To fold into `RobotNode` (an `instruction` output fed from the observation's extras)."""
-
-    outputs: ClassVar = {**RobotNode.outputs, "instruction": Instruction}
-
-    def _publish(self, observation: RobotObservation) -> None:
-        instruction = observation.extras.get("instruction")
-        if self.step == 0 and instruction is not None:
-            self.emit("instruction", Instruction(stamp_ns=observation.stamp_ns, text=str(instruction), episode=self.episode))
-        super()._publish(observation)

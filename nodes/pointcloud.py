@@ -16,8 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.grounding import TargetMask
-from pipeline.messages import Frame, PointCloud
+from pipeline.messages import Frame, Mask, PointCloud
 from pipeline.node import Node
 from sim.pointcloud import backproject_depth, crop_box, farthest_point_indices, transform_points
 from sim.tasks import BACKGROUND_NAMES
@@ -39,11 +38,11 @@ TARGET_FROM_MASK = "mask"
 
 class PointCloudNode(Node):
     Params = PointCloudParams
-    inputs = {"frame": Frame, "mask": TargetMask}
+    inputs = {"frame": Frame, "mask": Mask}
     outputs = {"cloud": PointCloud}
 
     def setup(self) -> None:
-        self.mask: TargetMask | None = None  # the newest grounding
+        self.mask: Mask | None = None  # the newest grounding
         self.waiting: Frame | None = None  # the newest frame of an episode with no grounding yet
 
     def on_frame(self, msg: Frame) -> None:
@@ -55,14 +54,14 @@ class PointCloudNode(Node):
         else:
             self._cloud(msg, self._pixels(self.mask))
 
-    def on_mask(self, msg: TargetMask) -> None:
+    def on_mask(self, msg: Mask) -> None:
         self.mask, waiting = msg, self.waiting
         if waiting is not None and waiting.episode == msg.episode:
             self.waiting = None
             self._cloud(waiting, self._pixels(msg))
 
     @staticmethod
-    def _pixels(mask: TargetMask) -> np.ndarray | None:
+    def _pixels(mask: Mask) -> np.ndarray | None:
         return np.asarray(mask.masks).any(axis=0) if len(mask.masks) else None
 
     def _cloud(self, msg: Frame, target_pixels: np.ndarray | None) -> None:

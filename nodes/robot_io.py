@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.messages import Command, Frame, RobotState
+from pipeline.messages import Command, Frame, Instruction, RobotState
 from pipeline.node import Node
 from robot.interface import Robot, RobotObservation
 
@@ -64,7 +64,7 @@ def make_robot(params: RobotNodeParams) -> Robot:
 class RobotNode(Node):
     Params = RobotNodeParams
     inputs = {"command": Command}
-    outputs = {"state": RobotState, "frame": Frame}
+    outputs = {"state": RobotState, "frame": Frame, "instruction": Instruction}  # a task's, at each episode's start
 
     def setup(self) -> None:
         self.robot = make_robot(self.params)
@@ -101,6 +101,9 @@ class RobotNode(Node):
 
     def _publish(self, observation: RobotObservation) -> None:
         extras = observation.extras
+        if self.step == 0 and extras.get("instruction") is not None:  # before the step's frame: grounding needs it
+            self.emit("instruction", Instruction(stamp_ns=observation.stamp_ns, text=str(extras["instruction"]),
+                                                 episode=self.episode))
         success = bool(extras.get("success", False))
         done = success or self.step >= self.params.max_episode_steps
         self.last_extras = extras

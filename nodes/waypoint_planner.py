@@ -16,8 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.grounding import TargetMask
-from pipeline.messages import PointCloud, RobotState, Waypoints
+from pipeline.messages import Mask, PointCloud, RobotState, Waypoints
 from pipeline.node import Node
 from sim.pointcloud import invert_transform, matrix_to_pose, pose_to_matrix, transform_points
 
@@ -108,7 +107,7 @@ def plan_waypoints(task: str, target_base: np.ndarray, ee_pose: np.ndarray, goal
 
 class GeometricPlanner(Node):
     Params = PlannerParams
-    inputs = {"cloud": PointCloud, "state": RobotState, "target": TargetMask}
+    inputs = {"cloud": PointCloud, "state": RobotState, "target": Mask}
     outputs = {"waypoints": Waypoints}
 
     def setup(self) -> None:
@@ -119,7 +118,7 @@ class GeometricPlanner(Node):
     def on_state(self, msg: RobotState) -> None:
         self.state = msg
 
-    def on_target(self, msg: TargetMask) -> None:
+    def on_target(self, msg: Mask) -> None:
         self.absent = (msg.episode, msg.reason) if len(msg.masks) == 0 else None
 
     def on_cloud(self, msg: PointCloud) -> None:

@@ -131,11 +131,24 @@ class Selection(Message):
 
 @dataclass(kw_only=True)
 class Mask(Message):
-    """Binary masks for one image, with a score each."""
+    """Binary masks for one image, with a score each. A grounding sets `query` (what was asked for) and,
+    when it found nothing (M = 0), `reason`; `episode` and `step` tie it to a robot's step."""
 
     masks: np.ndarray  # (M, H, W) bool
     scores: np.ndarray  # (M,) float32
     labels: list[str] = field(default_factory=list)
+    query: str = ""
+    reason: str = ""  # why there is no mask, e.g. "absent: no green pixels"
+    episode: int = 0
+    step: int = -1
+
+
+@dataclass(kw_only=True)
+class Instruction(Message):
+    """What the operator asked for, in words, for one episode ("pick the green cube")."""
+
+    text: str = ""
+    episode: int = 0
 
 
 @dataclass(kw_only=True)

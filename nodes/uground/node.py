@@ -1,7 +1,7 @@
 """UGroundNode: a frame and a referring expression in, the mask of what it refers to out.
 
 The node is `nodes.grounding.TargetGrounding` with a UGround grounder: the expression is a param (fixed for
-the run) or the `instruction` input's, per episode; out goes a `TargetMask` per frame: (1, H, W) with
+the run) or the `instruction` input's, per episode; out goes a `Mask` per frame: (1, H, W) with
 P([SEG]) as its score when the model answers [SEG] and SAM's mask has at least `min_pixels` pixels,
 otherwise (0, H, W) with the reason ("absent: [REJ] ..." when the model says nothing there fits). The
 frame may have any size: the VLM sees it padded square, SAM resized longest-side + padded, and the mask

@@ -19,7 +19,7 @@ from nodes.grounding import (
     Instruction,
     OracleGrounder,
     TargetGrounding,
-    TargetMask,
+    Mask,
     make_grounder,
     named_colour,
     rgb_to_hsv,
@@ -123,7 +123,7 @@ def test_the_node_waits_for_its_episodes_instruction_then_masks_each_frame():
     assert harness.send("frame", scene_frame(step=0)) == []  # no instruction yet for episode 0
     out = harness.send("instruction", Instruction(text="pick the blue cube", episode=0))
     mask = out[0].message
-    assert isinstance(mask, TargetMask) and mask.masks.shape == (1, SIZE, SIZE) and (mask.episode, mask.step) == (0, 0)
+    assert isinstance(mask, Mask) and mask.masks.shape == (1, SIZE, SIZE) and (mask.episode, mask.step) == (0, 0)
     assert mask.labels == ["pick the blue cube"] and mask.reason == ""
     absent = harness.send("instruction", Instruction(text="pick the red cube", episode=1))
     assert absent == []
@@ -166,12 +166,12 @@ def test_uground_takes_its_options_from_the_node_and_rejects_unknown_ones():
     harness = NodeHarness(TargetGrounding, {"grounder": UGROUND, "options": {**SHIPPED_UGROUND, "mode": 3},
                                             "instruction": "pick the blue cube"})
     mask = harness.send("frame", scene_frame(step=3))[0].message
-    assert isinstance(mask, TargetMask) and mask.masks.shape[1:] == (SIZE, SIZE) and mask.step == 3
+    assert isinstance(mask, Mask) and mask.masks.shape[1:] == (SIZE, SIZE) and mask.step == 3
     assert len(mask.masks) == len(mask.scores) == len(mask.labels) and len(mask.masks) in (0, 1)
     assert (len(mask.masks) == 0) == mask.reason.startswith("absent")
 
 
-def ground(colour: str, step: int = 0) -> tuple[Frame, TargetMask]:
+def ground(colour: str, step: int = 0) -> tuple[Frame, Mask]:
     frame = scene_frame(step=step)
     harness = NodeHarness(TargetGrounding, {"grounder": COLOR, "instruction": f"pick the {colour} cube"})
     return frame, harness.send("frame", frame)[0].message

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nodes.grounding import Instruction, TargetMask
+from pipeline.messages import Instruction, Mask
 from nodes.uground.data import ReferringSource
 from nodes.uground.evaluate import DEFAULT_VARIANTS, MODE1, Prediction, Tally, evaluate, layer_variants, predict
 from nodes.uground.model import UGroundModel, load_uground
@@ -105,7 +105,7 @@ def test_the_node_answers_a_recorded_frame_through_the_harness(tiny_uground_dir:
     found = NodeHarness(UGroundNode, params).run(inputs)
     assert [o.port for o in found] == ["mask"]
     mask = found[0].message
-    assert isinstance(mask, TargetMask) and mask.masks.shape[1:] == (80, 64) and mask.masks.dtype == bool
+    assert isinstance(mask, Mask) and mask.masks.shape[1:] == (80, 64) and mask.masks.dtype == bool
     assert (mask.frame_id, mask.stamp_ns, mask.episode, mask.step) == ("camera", 42, 3, 7)
     assert mask.query == sample.expression and mask.reason == "" and len(mask.masks) == 1
     answers["present"] = -5.0
