@@ -79,7 +79,8 @@ class Node:
     def on_inputs_ended(self) -> None:
         """Every producer feeding this node has ended and its inputs are drained: the end of the
         stream, the last chance to emit (a batching node flushes its partial batch here). Called once,
-        on every executor, unless the graph was stopped."""
+        in graph order, unless the graph was stopped; on zmq and ray a source (a node with `tick`)
+        ends with its ticks instead."""
 
     def close(self) -> None:
         """Release what setup() took. Called once, also after errors."""
