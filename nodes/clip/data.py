@@ -133,7 +133,6 @@ class Prefetcher:
     def __init__(self, make: Callable[[np.random.Generator], Any], seed: int, size: int = PREFETCH_BATCHES,
                  workers: int = 0):
         self._make = make
-        self._stop = threading.Event()
         self._processes: list[mp.process.BaseProcess] = []
         if workers > 0:
             context = mp.get_context("fork")  # the maker is a closure: forked, never pickled
@@ -145,8 +144,8 @@ class Prefetcher:
                 process.start()
         else:
             self._queue = queue.Queue(maxsize=size)
-            self._halt = self._stop
-            self._thread = threading.Thread(target=self._run, args=(np.random.default_rng(seed), self._stop),
+            self._halt = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(np.random.default_rng(seed), self._halt),
                                             name="prefetch", daemon=True)
             self._thread.start()
 
