@@ -16,6 +16,12 @@ import pytest
 _exit_status: int | None = None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A Ray the tests start waits this long for its GCS to come up (Ray's default, 30 s, is not enough
+    # on a loaded 2-core machine); child processes inherit it.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     global _exit_status
     _exit_status = int(exitstatus)
