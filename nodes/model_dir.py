@@ -47,3 +47,19 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     partial_path = path.with_name(path.name + ".partial")
     torch.save(obj, partial_path)
     os.replace(partial_path, path)
+
+
+def load_train_state(path: Path, resume: bool, state_format: str, what: str) -> dict[str, Any] | None:
+    """A trainer's resumable state at `path` when `resume` asks for it (None to start afresh, also when
+    there is none yet); a file of another format is an error naming `what` it should have been."""
+    import torch
+
+    if not resume:
+        return None
+    if not path.is_file():
+        print(f"--resume: no {path} yet, starting from scratch")
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != state_format:
+        raise ValueError(f"{path} is not a {what} training state (format {state_format})")
+    return state

@@ -29,7 +29,7 @@ from nodes.clip.config import ClipShapesConfig
 from nodes.clip.data import Prefetcher, SceneFrames, all_labels, make_batch, measure_mean_std, retrieval_auc
 from nodes.clip.model import DEFAULT_MODEL_DIR, build_model, count_parameters, save_model_dir
 from nodes.clip.processing import ImagePreprocessor, build_tokenizer, tokenize
-from nodes.model_dir import atomic_torch_save
+from nodes.model_dir import atomic_torch_save, load_train_state
 from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.questions import a_or_an
@@ -142,21 +142,6 @@ def evaluate(model: "CLIPModel", tokenizer: Any, config: ClipShapesConfig, pixel
     return retrieval_auc(image.cpu().numpy(), visible, text.cpu().numpy(), labels)
 
 
-def _load_state(options: TrainOptions) -> dict[str, Any] | None:
-    import torch
-
-    path = options.run_dir / STATE_FILE
-    if not options.resume:
-        return None
-    if not path.is_file():
-        print(f"--resume: no {path} yet, starting from scratch")
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a CLIP training state (format {STATE_FORMAT})")
-    return state
-
-
 def _resolve_device(spec: str) -> "torch.device":
     import torch
 
@@ -179,7 +164,7 @@ def train_clip(options: TrainOptions, config: ClipShapesConfig | None = None) ->
     hf_logging.disable_progress_bar()  # a bar per checkpoint save would break up the training bar
     device = _resolve_device(options.device)
     torch.set_num_threads(options.threads)
-    state = _load_state(options)
+    state = load_train_state(options.run_dir / STATE_FILE, options.resume, STATE_FORMAT, "CLIP")
     config = ClipShapesConfig.from_dict(state["config"]) if state is not None else (config or ClipShapesConfig())
     config.validate()
     scene_config = SceneConfig(width=options.frame_size, height=options.frame_size)

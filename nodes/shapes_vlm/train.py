@@ -32,7 +32,7 @@ from nodes.air.analysis import SCORE_HIGH, SCORE_LOW
 from nodes.clip.data import Prefetcher
 from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
-from nodes.model_dir import atomic_torch_save
+from nodes.model_dir import atomic_torch_save, load_train_state
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
@@ -232,20 +232,6 @@ def evaluate(model: "LlavaForConditionalGeneration", encoder: Encoder, tasks: Sh
     return tally.metrics()
 
 
-def _load_state(options: TrainOptions) -> dict[str, Any] | None:
-    import torch
-
-    path = options.run_dir / STATE_FILE
-    if not (options.resume and path.is_file()):
-        if options.resume:
-            print(f"--resume: no {path} yet, starting from scratch")
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a VLM training state (format {STATE_FORMAT})")
-    return state
-
-
 def load_init_weights(model: "LlavaForConditionalGeneration", directory: Path) -> None:
     """Copy a trained VLM's weights into `model`; a different vocabulary or shape is an error naming both."""
     from transformers import LlavaForConditionalGeneration
@@ -280,7 +266,7 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
     hf_logging.disable_progress_bar()  # a bar per checkpoint save would break up the training bar
     device = resolve_device(options.device)
     torch.set_num_threads(options.threads)
-    state = _load_state(options)
+    state = load_train_state(options.run_dir / STATE_FILE, options.resume, STATE_FORMAT, "VLM")
     if state is not None:
         config = VlmShapesConfig.from_dict(state["config"])
     elif options.init is not None:

@@ -37,7 +37,7 @@ import torch
 
 from nodes.clip.data import Prefetcher
 from nodes.clip.model import MissingModelError, require_model_dir
-from nodes.model_dir import atomic_torch_save
+from nodes.model_dir import atomic_torch_save, load_train_state
 from nodes.shapes_vlm.config import VlmShapesConfig
 from nodes.shapes_vlm.model import DEFAULT_CLIP_DIR
 from nodes.shapes_vlm.model import read_meta as read_vlm_meta
@@ -130,18 +130,6 @@ def train_step(model: UGroundModel, batch: UGroundBatch, optimizer: torch.optim.
     return losses
 
 
-def _load_state(options: TrainOptions) -> dict[str, Any] | None:
-    path = options.run_dir / STATE_FILE
-    if not (options.resume and path.is_file()):
-        if options.resume:
-            print(f"--resume: no {path} yet, starting from scratch")
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a UGround training state (format {STATE_FORMAT})")
-    return state
-
-
 def _headline(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {f"{variant}_{key}": metrics[variant][key] for variant in (MODE1, MODE3, NO_MASK_PROMPT)
             for key in HEADLINE if isinstance(metrics.get(variant, {}).get(key), float)}
@@ -157,7 +145,7 @@ def train_uground(options: TrainOptions, config: UGroundConfig | None = None) ->
     hf_logging.set_verbosity_error()  # the vocabulary resize's note on how new rows are initialised
     device = resolve_device(options.device)
     torch.set_num_threads(options.threads)
-    state = _load_state(options)
+    state = load_train_state(options.run_dir / STATE_FILE, options.resume, STATE_FORMAT, "UGround")
     config = UGroundConfig.from_dict(state["config"]) if state is not None else (config or UGroundConfig())
     init_vlm = options.init_vlm if state is None else None  # a resumed run has its weights in the state
     if init_vlm is not None:
