@@ -364,7 +364,7 @@ def uground_part(settings: Settings) -> dict[str, Any]:
     IoU, and the policy's layer distribution, on every expression of the held-out stills."""
     from nodes.uground.evaluate import DEFAULT_VARIANTS, MODE1, evaluate, layer_variants
     from nodes.uground.model import load_uground
-    from nodes.vlm.hf import resolve_device
+    from nodes.model_dir import resolve_device
     from sim.shapes_world.dataset import HELDOUT
 
     device = resolve_device(settings.device)

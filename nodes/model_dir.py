@@ -15,6 +15,8 @@ from typing import Any
 
 PARTIAL_PREFIX, OLD_PREFIX = ".partial-", ".old-"
 
+DEVICE_AUTO = "auto"  # CUDA when present, else CPU
+
 
 def write_model_dir(directory: str | Path, write: Callable[[Path], None], meta_file: str, record: dict[str, Any]) -> Path:
     """`write(partial_dir)` saves the model files; `record` goes to `meta_file`; then the swap."""
@@ -39,10 +41,20 @@ def read_model_meta(directory: str | Path, meta_file: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def resolve_device(spec: str) -> Any:
+    """A torch.device: "auto" is CUDA when present, else CPU; anything else is passed to torch.device."""
+    import torch
+
+    if spec == DEVICE_AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save beside `path`, then renamed into place: a run killed mid-save leaves the old file."""
     import torch
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial_path = path.with_name(path.name + ".partial")
     torch.save(obj, partial_path)

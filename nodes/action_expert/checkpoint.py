@@ -7,7 +7,6 @@ by train.py.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from nodes.action_expert.config import ActionExpertConfig
 from nodes.action_expert.model import ActionExpertPolicy
 from nodes.action_expert.normalizer import LinearNormalizer
+from nodes.model_dir import atomic_torch_save, resolve_device
 
 CHECKPOINT_FORMAT = "groundloop.action_expert/1"
 TRAIN_COMMAND = "groundloop train action-expert --data data/demos/PickCube-v1 --out {path}"
@@ -23,22 +23,6 @@ TRAIN_COMMAND = "groundloop train action-expert --data data/demos/PickCube-v1 --
 
 class MissingCheckpointError(FileNotFoundError):
     """No checkpoint at the configured path."""
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' → CUDA when present, else CPU; anything else is passed to torch.device."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write next to `path`, then rename, so a reader (or a crash) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def save_policy(policy: ActionExpertPolicy, path: Path, *, meta: dict[str, Any]) -> None:
@@ -49,7 +33,7 @@ def save_policy(policy: ActionExpertPolicy, path: Path, *, meta: dict[str, Any])
         if not name.startswith("normalizer.")
     }
     normalizer = {name: t.detach().cpu() for name, t in policy.normalizer.state_dict().items()}
-    atomic_save(
+    atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
             "config": policy.config.to_dict(),

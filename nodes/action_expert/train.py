@@ -27,11 +27,12 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from nodes.action_expert.checkpoint import atomic_save, resolve_device, save_policy
+from nodes.action_expert.checkpoint import save_policy
 from nodes.action_expert.config import ActionExpertConfig
 from nodes.action_expert.dataset import DemoDataset, Episode, MissingDemosError, WindowSampler, load_episodes
 from nodes.action_expert.model import ActionExpertPolicy
 from nodes.action_expert.normalizer import LinearNormalizer
+from nodes.model_dir import atomic_torch_save, resolve_device
 from nodes.train_budget import trainer_main
 
 
@@ -214,7 +215,7 @@ def _run_stage(
         save_policy(policy, out_path, meta=meta)
         ema_weights = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
         ema.restore(policy.parameters())
-        atomic_save(
+        atomic_torch_save(
             {
                 "stage": stage, "step": step, "config": config.to_dict(), "normalizer": normalizer.state_dict(),
                 "model": policy.state_dict(), "ema": ema.state_dict(), "ema_weights": ema_weights,

@@ -19,6 +19,7 @@ import numpy as np
 from nodes.clip.cache import model_identity
 from nodes.clip.model import DEFAULT_MODEL_DIR, TRAIN_COMMAND, require_model_dir
 from nodes.clip.processing import ImagePreprocessor, tokenize
+from nodes.model_dir import resolve_device
 
 BACKEND_TORCH, BACKEND_ONNX = "torch", "onnx"
 BACKENDS = (BACKEND_TORCH, BACKEND_ONNX)
@@ -100,9 +101,7 @@ class TorchClipEmbedder(ClipEmbedder):
         directory = require_model_dir(model_dir)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        if device == DEVICE_AUTO:
-            device = DEVICE_CUDA if torch.cuda.is_available() else DEVICE_CPU
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = CLIPModel.from_pretrained(directory, local_files_only=True).eval().to(self.device)
         config = self.model.config
         super().__init__(directory, _load_tokenizer(directory), ImagePreprocessor.from_dir(directory),

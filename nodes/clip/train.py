@@ -29,7 +29,7 @@ from nodes.clip.config import ClipShapesConfig
 from nodes.clip.data import Prefetcher, SceneFrames, all_labels, make_batch, measure_mean_std, retrieval_auc
 from nodes.clip.model import DEFAULT_MODEL_DIR, build_model, count_parameters, save_model_dir
 from nodes.clip.processing import ImagePreprocessor, build_tokenizer, tokenize
-from nodes.model_dir import atomic_torch_save, load_train_state
+from nodes.model_dir import atomic_torch_save, load_train_state, resolve_device
 from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.questions import a_or_an
@@ -142,14 +142,6 @@ def evaluate(model: "CLIPModel", tokenizer: Any, config: ClipShapesConfig, pixel
     return retrieval_auc(image.cpu().numpy(), visible, text.cpu().numpy(), labels)
 
 
-def _resolve_device(spec: str) -> "torch.device":
-    import torch
-
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
 def _finished(options: TrainOptions, step: int, elapsed_s: float) -> bool:
     budget_s = options.budget_s
     return (options.steps is not None and step >= options.steps) or (budget_s is not None and elapsed_s >= budget_s)
@@ -162,7 +154,7 @@ def train_clip(options: TrainOptions, config: ClipShapesConfig | None = None) ->
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per checkpoint save would break up the training bar
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device)
     torch.set_num_threads(options.threads)
     state = load_train_state(options.run_dir / STATE_FILE, options.resume, STATE_FORMAT, "CLIP")
     config = ClipShapesConfig.from_dict(state["config"]) if state is not None else (config or ClipShapesConfig())

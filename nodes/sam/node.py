@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from nodes.model_dir import DEVICE_AUTO, resolve_device
 from nodes.sam.config import DEFAULT_MODEL_DIR, MASK_PROMPT_SCALE, require_model_dir
 from nodes.sam.processing import SamPreprocessor, mask_prompt, masks_to_image, scale_boxes, scale_points
 from pipeline.messages import Frame, Mask, Message
@@ -34,7 +35,7 @@ from pipeline.node import Node
 if TYPE_CHECKING:
     import torch
 
-DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA = "auto", "cpu", "cuda"
+
 LATEST_FRAME = -1
 DEFAULT_CACHE_FRAMES = 4
 DEFAULT_PROMPT_BATCH = 64  # prompts per decoder pass: bounds memory, each repeats the image embedding
@@ -84,9 +85,7 @@ class SamSegmenter:
         directory = require_model_dir(model_dir)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        if device == DEVICE_AUTO:
-            device = DEVICE_CUDA if torch.cuda.is_available() else DEVICE_CPU
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = SamModel.from_pretrained(directory, local_files_only=True).eval().to(self.device)
         self.preprocess = SamPreprocessor.from_dir(directory)
         image_size = self.model.config.vision_config.image_size

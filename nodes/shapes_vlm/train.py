@@ -32,13 +32,12 @@ from nodes.air.analysis import SCORE_HIGH, SCORE_LOW
 from nodes.clip.data import Prefetcher
 from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
-from nodes.model_dir import atomic_torch_save, load_train_state
+from nodes.model_dir import atomic_torch_save, load_train_state, resolve_device
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
 from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     read_meta, save_vlm_dir)
 from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
-from nodes.vlm.hf import resolve_device
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ class UGroundGrounder(ImageGrounder):
 
         from nodes.uground.evaluate import Variant
         from nodes.uground.model import load_uground
-        from nodes.vlm.hf import resolve_device
+        from nodes.model_dir import resolve_device
 
         super().__init__(**options)
         if mode not in MODES:

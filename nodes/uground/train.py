@@ -37,7 +37,7 @@ import torch
 
 from nodes.clip.data import Prefetcher
 from nodes.clip.model import MissingModelError, require_model_dir
-from nodes.model_dir import atomic_torch_save, load_train_state
+from nodes.model_dir import atomic_torch_save, load_train_state, resolve_device
 from nodes.shapes_vlm.config import VlmShapesConfig
 from nodes.shapes_vlm.model import DEFAULT_CLIP_DIR
 from nodes.shapes_vlm.model import read_meta as read_vlm_meta
@@ -47,7 +47,6 @@ from nodes.uground.data import ReferringSource, UGroundBatch
 from nodes.uground.evaluate import MODE1, MODE3, NO_MASK_PROMPT, DEFAULT_VARIANTS, evaluate, layer_variants
 from nodes.uground.losses import Losses, total_loss
 from nodes.uground.model import UGroundModel, build_uground, save_uground_dir, to_inputs
-from nodes.vlm.hf import resolve_device
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.referring import DEFAULT_SIZE
 

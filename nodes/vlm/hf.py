@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from nodes.model_dir import DEVICE_AUTO, resolve_device
 from nodes.vlm.adapter import VlmAdapter, VlmError, check_generate_args
 
 QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
@@ -27,7 +28,6 @@ QWEN_CHAT_FORMAT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\
 CONFIG_FILE = "config.json"
 TRAIN_COMMAND = "groundloop train vlm --clip models/clip_shapes --out {path}"  # the project's own small VLM
 FETCH_COMMAND = "hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir {path}"  # or a real one, fetched once
-DEVICE_AUTO = "auto"
 DTYPE_AUTO = "auto"
 
 
@@ -87,14 +87,6 @@ class ProcessorInputs:
     def encode(self, images: list[np.ndarray], prompt: str) -> dict[str, Any]:
         text = self.processor.apply_chat_template(chat_messages(len(images), prompt), tokenize=False, add_generation_prompt=True)
         return dict(self.processor(images=images or None, text=text, return_tensors="pt"))
-
-
-def resolve_device(device: str) -> Any:
-    import torch
-
-    if device == DEVICE_AUTO:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: Any) -> Any:
