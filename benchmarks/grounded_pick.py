@@ -24,6 +24,7 @@ import numpy as np
 
 from nodes.evaluate import evaluate
 from nodes.grounding import COLOR, ORACLE, make_grounder
+from pipeline.graph import load_graph
 from pipeline.messages import Frame
 
 GRAPH = "configs/grounded_pick.yaml"
@@ -38,6 +39,12 @@ def run_loop(grounder: str, episodes: int, seed: int, executor: str) -> dict[str
     return evaluate(GRAPH, episodes, seed, executor, [f"{GROUNDING_NODE}.grounder={grounder}"])
 
 
+def graph_grounder_options() -> dict[str, dict[str, Any]]:
+    """The grounding node's per-grounder options in the graph file, so the frames here are grounded as the
+    loop grounds them."""
+    return dict(load_graph(GRAPH).nodes[GROUNDING_NODE].params.options)
+
+
 def grounding_quality(grounders: list[str], seeds: range) -> dict[str, dict[str, float]]:
     """Per grounder: mean IoU with the oracle's mask of the named cube, the share of masks that touch a
     distractor, and the share of absent palette colours reported absent (first frame of each seed)."""
@@ -47,8 +54,9 @@ def grounding_quality(grounders: list[str], seeds: range) -> dict[str, dict[str,
 
     robot = ManiSkillRobot(GROUNDED_PICK_CUBE)
     robot.connect()
-    oracle = make_grounder(ORACLE)
-    built = {name: make_grounder(name) for name in grounders}
+    options = graph_grounder_options()
+    oracle = make_grounder(ORACLE, options.get(ORACLE))
+    built = {name: make_grounder(name, options.get(name)) for name in grounders}
     figures: dict[str, dict[str, list[float]]] = {name: {"iou": [], "touches_distractor": [], "absent_ok": []}
                                                   for name in grounders}
     try:

@@ -14,6 +14,11 @@ the JSON on the last line holds one key per part. Parts:
   never rejects and covers every shape, SAM's mask with each layer's [SEG] on its own, the similarity map
   of each layer thresholded at 0.5 against the target (empty targets skipped), and the layers the policy
   picks over all expressions (whether the model then answers [SEG] or [REJ]).
+- picking (`--picking-only` runs just this): the same UGround on held-out camera stills of the grounded-
+  picking task (GroundedPickCube-v1, `groundloop sim grounded-stills`: the workspace crop at 128 px, every
+  palette colour asked as "the <colour> cube" — absent ones must be rejected — and "all cubes"), mode 1 /
+  mode 3 / no mask prompt beside the HSV colour baseline of nodes.grounding (which has no notion of "all").
+  The stills are generated once into --picking-stills (held-out seeds, deterministic) and reused.
 
 Metrics. Per expression, IoU of the predicted and target masks. gIoU: the mean IoU over expressions
 (LISA/UGround's gIoU; "mIoU" here); cIoU: total intersection / total union. The probe cannot reject
@@ -25,8 +30,8 @@ against every other token, and against tokens of the other shapes only — above
 is what referring needs; against everything, telling shapes from background is enough. Masks threshold
 each min–max map at 0.5 (zero-shot), and at the per-layer threshold that maximises gIoU on train stills.
 
-    python benchmarks/grounding.py [--quick] [--probe-only | --uground-only] [--vlm DIR] [--uground DIR]
-                                   [--stills N] [--prefix expression|TEXT]
+    python benchmarks/grounding.py [--quick] [--probe-only | --uground-only | --picking-only] [--vlm DIR]
+                                   [--uground DIR] [--stills N] [--prefix expression|TEXT]
 
 A table per part, then one JSON object with every figure as the last line.
 """
@@ -49,7 +54,7 @@ if TYPE_CHECKING:
     from nodes.uground.data import ReferringSample, UGroundEncoder
     from nodes.uground.model import UGroundModel
 
-KV_PROBE, UGROUND = "kv_probe", "uground"
+KV_PROBE, UGROUND, PICKING = "kv_probe", "uground", "picking"
 DEFAULT_VLM = "models/vlm_shapes"
 DEFAULT_UGROUND = "models/uground_shapes"
 UGROUND_BATCH = 16  # expressions per VLM pass (the trainer's batch)
@@ -66,6 +71,9 @@ TOKEN_POSITIVE = 0.25  # a token is the target's when the target covers this sha
 PLAIN, BLOCKED, PREFIX, PREFIX_BLOCKED = "plain", "blocked", "prefix", "prefix_blocked"
 CONDITIONS = {PLAIN: (False, False), BLOCKED: (False, True), PREFIX: (True, False), PREFIX_BLOCKED: (True, True)}
 EXIT_MISSING_MODEL = 2
+DEFAULT_PICKING_STILLS = "runs/benchmarks/grounded_stills_heldout"
+DEFAULT_PICKING_SEEDS, QUICK_PICKING_SEEDS = 60, 15  # held-out task seeds, 3 stills each
+COLOUR_BASELINE = "colour_baseline"
 
 
 @dataclass
@@ -220,6 +228,8 @@ class Settings:
     train_stills: int
     calibration: int
     prefix: str
+    picking_stills: str = DEFAULT_PICKING_STILLS
+    picking_seeds: int = DEFAULT_PICKING_SEEDS
 
 
 def kv_probe_part(settings: Settings) -> dict[str, Any]:
@@ -392,16 +402,7 @@ def uground_part(settings: Settings) -> dict[str, Any]:
 def print_uground(report: dict[str, Any]) -> None:
     print(f"\nUGround — {report['model']}: {report['stills']} held-out stills, {report['expressions']} expressions "
           f"({report['empty_targets']} with an empty target)")
-    rows = {**report["variants"], f"{ALL_SHAPES} (floor)": report[ALL_SHAPES]}
-    print(f"{'variant':<20}{'gIoU':>8}{'cIoU':>8}{'empty acc':>11}{'target acc':>12}")
-    for name, m in rows.items():
-        empty = "—" if m["empty_accuracy"] is None else f"{m['empty_accuracy']:.3f}"
-        target = "—" if m["target_accuracy"] is None else f"{m['target_accuracy']:.3f}"
-        print(f"{name:<20}{m['giou']:>8.3f}{m['ciou']:>8.3f}{empty:>11}{target:>12}")
-    kinds = sorted({k for m in rows.values() for k in m["giou_by_kind"]})
-    print(f"\ngIoU by expression kind\n{'variant':<20}" + "".join(f"{k:>11}" for k in kinds))
-    for name, m in rows.items():
-        print(f"{name:<20}" + "".join(f"{m['giou_by_kind'].get(k, float('nan')):>11.3f}" for k in kinds))
+    print_variants({**report["variants"], f"{ALL_SHAPES} (floor)": report[ALL_SHAPES]})
     sim, masks, policy = report["similarity_map"], report["layer_masks"], report["policy"]
     print(f"\nper layer: similarity map ≥ {sim['threshold']} against the target ({sim['n']} expressions with a "
           f"target); SAM's mask with that layer's [SEG] (all {report['expressions']}); the policy's picks "
@@ -412,9 +413,70 @@ def print_uground(report: dict[str, Any]) -> None:
               f"{masks['ciou'][layer]:>10.3f}{policy['layers'][str(layer)]:>7}{policy['mean_probs'][layer]:>8.3f}")
 
 
+def picking_stills(settings: Settings) -> str:
+    """The held-out grounded-picking stills directory, generated (once) when it is not there; one that is
+    there is used as it is (its first 3 · picking_seeds stills)."""
+    from pathlib import Path
+
+    from sim.grounded_stills import INDEX_NAME, write_grounded_stills
+    from sim.shapes_world.dataset import HELDOUT
+
+    directory = Path(settings.picking_stills)
+    if (directory / INDEX_NAME).is_file():
+        return str(directory)
+    print(f"generating {settings.picking_seeds} held-out grounded-picking seeds into {directory} ...", file=sys.stderr)
+    write_grounded_stills(directory, settings.picking_seeds, split=HELDOUT,
+                          command=f"benchmarks/grounding.py (held-out, {settings.picking_seeds} seeds)")
+    return str(directory)
+
+
+def picking_part(settings: Settings) -> dict[str, Any]:
+    """UGround's three readings and the colour baseline on every expression of the held-out picking stills."""
+    from nodes.grounding import ColorGrounder
+    from nodes.model_dir import resolve_device
+    from nodes.uground.evaluate import DEFAULT_VARIANTS, Prediction, Tally, evaluate
+    from nodes.uground.model import load_uground
+    from nodes.uground.stills import GroundedStillsSource
+
+    device = resolve_device(settings.device)
+    model, encoder = load_uground(settings.uground, device)
+    source = GroundedStillsSource(picking_stills(settings))
+    n_stills = min(len(source), 3 * settings.picking_seeds)
+    samples = [sample for index in range(n_stills) for sample in
+               (source.sample_at(index, e) for e in source.expressions(index))]
+    metrics = evaluate(model, encoder, samples, device, batch_size=UGROUND_BATCH, variants=DEFAULT_VARIANTS)
+    colour, tally = ColorGrounder(min_pixels=1), Tally()
+    for sample in samples:
+        found = colour.ground_image(sample.image, sample.expression)
+        tally.add(Prediction(found.mask, found.found, float(found.found)), sample.target, sample.kind)
+    return rounded({"model": settings.uground, "stills": n_stills, "seeds": sorted({s.seed for s in samples}),
+                    "expressions": len(samples), "empty_targets": int(sum(not s.has_target for s in samples)),
+                    "variants": {**{v.name: metrics[v.name] for v in DEFAULT_VARIANTS}, COLOUR_BASELINE: tally.metrics()}})
+
+
+def print_picking(report: dict[str, Any]) -> None:
+    print(f"\nUGround on grounded-picking stills — {report['model']}: {report['stills']} held-out stills of "
+          f"{len(report['seeds'])} seeds, {report['expressions']} expressions ({report['empty_targets']} empty)")
+    print_variants(report["variants"])
+
+
+def print_variants(rows: dict[str, dict[str, Any]]) -> None:
+    """gIoU / cIoU / empty and target accuracy per variant, then gIoU by expression kind."""
+    print(f"{'variant':<20}{'gIoU':>8}{'cIoU':>8}{'empty acc':>11}{'target acc':>12}")
+    for name, m in rows.items():
+        empty = "—" if m["empty_accuracy"] is None else f"{m['empty_accuracy']:.3f}"
+        target = "—" if m["target_accuracy"] is None else f"{m['target_accuracy']:.3f}"
+        print(f"{name:<20}{m['giou']:>8.3f}{m['ciou']:>8.3f}{empty:>11}{target:>12}")
+    kinds = sorted({k for m in rows.values() for k in m["giou_by_kind"]})
+    print(f"\ngIoU by expression kind\n{'variant':<20}" + "".join(f"{k:>11}" for k in kinds))
+    for name, m in rows.items():
+        print(f"{name:<20}" + "".join(f"{m['giou_by_kind'].get(k, float('nan')):>11.3f}" for k in kinds))
+
+
 PARTS: dict[str, tuple[Callable[[Settings], dict[str, Any]], Callable[[dict[str, Any]], None]]] = {
     KV_PROBE: (kv_probe_part, print_kv_probe),
     UGROUND: (uground_part, print_uground),
+    PICKING: (picking_part, print_picking),
 }
 
 
@@ -424,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--probe-only", action="store_true", help="run only the KV-probe part")
     only.add_argument("--uground-only", action="store_true", help="run only the UGround part")
+    only.add_argument("--picking-only", action="store_true", help="run only UGround on the grounded-picking stills")
     parser.add_argument("--vlm", default=DEFAULT_VLM, help="VLM checkpoint directory (Hugging Face format)")
     parser.add_argument("--uground", default=DEFAULT_UGROUND, help="UGround directory (groundloop train uground)")
     parser.add_argument("--device", default="auto")
@@ -431,12 +494,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default=PREFIX_EXPRESSION,
                         help=f"text before the image in the prefix conditions: '{PREFIX_EXPRESSION}' (each expression "
                              "itself) or a fixed text")
+    parser.add_argument("--picking-stills", default=DEFAULT_PICKING_STILLS,
+                        help="held-out grounded-picking stills (generated here when missing)")
     args = parser.parse_args(argv)
     settings = Settings(vlm=args.vlm, uground=args.uground, device=args.device,
                         stills=args.stills or (QUICK_STILLS if args.quick else DEFAULT_STILLS),
                         train_stills=QUICK_TRAIN_STILLS if args.quick else DEFAULT_TRAIN_STILLS,
-                        calibration=QUICK_CALIBRATION if args.quick else DEFAULT_CALIBRATION, prefix=args.prefix)
-    parts = [KV_PROBE] if args.probe_only else [UGROUND] if args.uground_only else list(PARTS)
+                        calibration=QUICK_CALIBRATION if args.quick else DEFAULT_CALIBRATION, prefix=args.prefix,
+                        picking_stills=args.picking_stills,
+                        picking_seeds=QUICK_PICKING_SEEDS if args.quick else DEFAULT_PICKING_SEEDS)
+    only = [KV_PROBE] if args.probe_only else [UGROUND] if args.uground_only else [PICKING] if args.picking_only else []
+    parts = only or list(PARTS)
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "grounding", "quick": args.quick, "parts": parts}
     for name in parts:

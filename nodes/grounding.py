@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.messages import Frame, Instruction, Mask
 from pipeline.node import Node
@@ -173,8 +173,19 @@ def make_grounder(name: str, options: dict[str, Any] | None = None) -> Grounder:
 class GroundingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     grounder: str = Field(ORACLE, description=f"one of {sorted(GROUNDERS)}")
-    options: dict[str, Any] = Field(default_factory=dict, description="passed to the grounder (e.g. a model path)")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per grounder name, what its constructor takes (e.g. {uground: {model: "
+                                          "DIR, crop: [x0, y0, x1, y1]}}); only the chosen grounder's are used, so "
+                                          "a graph can carry every grounder's and `--set grounder=` switches")
     instruction: str | None = Field(None, description="a fixed instruction; None: the `instruction` input's, per episode")
+
+    @field_validator("options")
+    @classmethod
+    def _known_grounders(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(options) - set(GROUNDERS))
+        if unknown:
+            raise ValueError(f"options for unknown grounders {unknown}; known: {', '.join(sorted(GROUNDERS))}")
+        return options
 
 
 class TargetGrounding(Node):
@@ -185,7 +196,7 @@ class TargetGrounding(Node):
     outputs: ClassVar = {"mask": Mask}
 
     def setup(self) -> None:
-        self.grounder = make_grounder(self.params.grounder, self.params.options)
+        self.grounder = make_grounder(self.params.grounder, self.params.options.get(self.params.grounder))
         self.instructions: dict[int, str] = {}  # episode -> instruction
         self.pending: Frame | None = None  # the newest frame still waiting for its episode's instruction
 

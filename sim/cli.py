@@ -1,4 +1,4 @@
-"""`groundloop sim ...`: demo generation, the motion-planning oracle, LeRobot export, demo replay and shapes-world videos from the command line.
+"""`groundloop sim ...`: demo generation, the motion-planning oracle, LeRobot export, demo replay, shapes-world videos and grounded-pick stills from the command line.
 
 `register(subparsers)` plugs the `sim` command group into the groundloop CLI (entry-point group
 `groundloop.commands`); `python -m sim.cli demos ...` runs the same commands on their own.
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from sim.bridge_server import add_parser as add_serve_robot
+from sim.grounded_stills import DEFAULT_MOVED_PER_SEED, DEFAULT_STEPS_BETWEEN
+from sim.grounded_stills import DEFAULT_SIZE as GROUNDED_SIZE
 from sim.replay import DEFAULT_THRESHOLD_M
 from sim.shapes_world.dataset import ALL, DEFAULT_QUESTIONS_PER_KIND, SPLITS
 from sim.shapes_world.referring import DEFAULT_PER_KIND, DEFAULT_SIZE, write_referring_set
@@ -58,6 +60,31 @@ def _referring_set(args: argparse.Namespace) -> int:
     index = write_referring_set(args.out, args.n, size=args.size, seed_start=args.seed, split=args.split,
                                 per_kind=args.per_kind)
     print(f"referring stills in {args.out}: {len(index['scenes'])} written")
+    return 0
+
+
+def _grounded_stills(args: argparse.Namespace) -> int:
+    import time
+
+    from sim.grounded_stills import write_grounded_stills
+
+    command = (f"groundloop sim grounded-stills --out {args.out} -n {args.n} --seed {args.seed} --split {args.split} "
+               f"--size {args.size} --moved {args.moved} --steps-between {args.steps_between}"
+               + (" --no-crop" if args.no_crop else ""))
+    every = max(1, args.n // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            print(f"  {done}/{total} seeds, {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+
+    start = time.monotonic()
+    index = write_grounded_stills(args.out, args.n, seed_start=args.seed, split=args.split, crop=not args.no_crop,
+                                  size=args.size, moved_per_seed=args.moved, steps_between=args.steps_between,
+                                  command=command, progress=progress)
+    seconds = time.monotonic() - start
+    print(f"grounded stills in {args.out}: {index['n_stills']} stills of {len(index['seeds'])} {args.split} seeds "
+          f"({index['seeds'][0]}..{index['seeds'][-1]}), {args.size}×{args.size}, crop {index['crop']}, "
+          f"in {seconds:.1f} s ({seconds / len(index['seeds']):.2f} s/seed)")
     return 0
 
 
@@ -155,12 +182,26 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     referring.add_argument("--per-kind", type=int, default=DEFAULT_PER_KIND, help="expressions of each kind per still")
     referring.set_defaults(func=_referring_set)
 
+    grounded = sub.add_parser("grounded-stills", help="GroundedPickCube-v1 camera stills with per-cube label maps "
+                                                      "(stills.npz + index.json), for a learned grounder")
+    grounded.add_argument("--out", default="data/grounded_stills", help="output directory")
+    grounded.add_argument("-n", type=int, default=600, help="number of seeds (each gives 1 + --moved stills)")
+    grounded.add_argument("--seed", type=int, default=0, help="first seed")
+    grounded.add_argument("--split", default=ALL, choices=(*SPLITS, ALL), help="only seeds of this split (every fifth seed is held out)")
+    grounded.add_argument("--size", type=int, default=GROUNDED_SIZE, help="width and height of the stills in pixels")
+    grounded.add_argument("--no-crop", action="store_true", help="keep the whole camera frame, not WORKSPACE_CROP")
+    grounded.add_argument("--moved", type=int, default=DEFAULT_MOVED_PER_SEED,
+                          help="stills per seed after random arm moves, besides the one at reset")
+    grounded.add_argument("--steps-between", type=int, default=DEFAULT_STEPS_BETWEEN,
+                          help="ee-delta actions before each moved still")
+    grounded.set_defaults(func=_grounded_stills)
+
     add_serve_robot(sub)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sim` command group (demos, oracle, export-lerobot, replay, shapes-video,
-    referring-set, serve-robot) to a parent CLI."""
+    referring-set, grounded-stills, serve-robot) to a parent CLI."""
     sim = subparsers.add_parser("sim", help="simulation: ManiSkill demos and the oracle, shapes-world videos")
     _add_commands(sim.add_subparsers(dest="sim_command", required=True))
 

@@ -43,6 +43,12 @@ MAX_PLACEMENT_TRIES = 1000
 #: parked (unused) cubes stand on the floor behind both cameras, 1.5 m from the workspace
 PARKING_XY = (1.5, 1.5)
 PARKING_SPACING_M = 0.1
+#: (x0, y0, x1, y1), x1/y1 exclusive: the square of the default 256×256 `CameraSpec` frame (the camera RobotNode
+#: renders this task with) that holds every drawn cube at reset and the target cube anywhere up to its goal.
+#: Measured with `sim.grounded_stills.measure_workspace_crop` over seeds 0..149: the union of all cubes'
+#: segmentation pixels at reset (87, 118, 195, 196) and of each goal's projected box of half-extent
+#: √3 · cube half-size (74, 27, 227, 202), grown by 8 px and squared about its centre: 191 px a side.
+WORKSPACE_CROP: tuple[int, int, int, int] = (55, 19, 246, 210)
 
 
 def cube_actor_name(colour: str) -> str:

@@ -33,6 +33,7 @@ class SimilarityMaps:
 
     image: "torch.Tensor"  # (N, H, W) float in [0, 1]
     prompt: "torch.Tensor"  # (N, 1, 4E, 4E) float, zeros in the pad
+    tokens: "torch.Tensor"  # (N, T) the raw dot products, before min–max (for a loss over tokens)
 
 
 def token_similarity(seg: "torch.Tensor", image_tokens: "torch.Tensor") -> "torch.Tensor":
@@ -80,6 +81,6 @@ def similarity_maps(seg: "torch.Tensor", image_tokens: "torch.Tensor", grid_hw: 
                     image_hw: tuple[int, int], prompt_size: int, canvas: int | None = None) -> SimilarityMaps:
     """Steps 1–4 for N [SEG] states: seg (N, D), image_tokens (T, D) or (N, T, D) from the same layer,
     `prompt_size` = 4E of the SAM that takes the prompts."""
-    scores = minmax(token_similarity(seg, image_tokens))  # (N, T)
-    image = grid_to_image(scores, grid_hw, image_hw, canvas)  # (N, H, W)
-    return SimilarityMaps(image=image, prompt=mask_prompt(image, prompt_size))  # prompt (N, 1, 4E, 4E)
+    tokens = token_similarity(seg, image_tokens)  # (N, T)
+    image = grid_to_image(minmax(tokens), grid_hw, image_hw, canvas)  # (N, H, W)
+    return SimilarityMaps(image=image, prompt=mask_prompt(image, prompt_size), tokens=tokens)  # prompt (N, 1, 4E, 4E)

@@ -13,6 +13,8 @@ From the paper and its code (rui-qian/UGround, `model/UGround.py`, `model/PPM.py
   kernel 31 and σ 7 (reflect padding, each map max-normalised to 1), added into the mask BCE / Dice terms;
   total = ce + mask + 0.4·policy (papers.md §2 at commit 19e3d71; later commits use 0.2).
 - one [SEG] per expression; an empty target answers [REJ] and has no mask (gRefCOCO's rule).
+NOT IN THE PAPER: `pointing_weight` (1.0 here, 0 for the paper's losses exactly), a softmax-over-image-tokens
+loss on the [SEG] state's scores, without which our small VLM's map never told one shape from another (losses.py).
 
 Sizes: the LLaVA-style VLM is `nodes.shapes_vlm`'s (our CLIP's vision tower, frozen, a projector and a small
 Llama), here 4 layers × 128 so that L = 5 hidden states (the embeddings and each layer) are there to choose
@@ -59,6 +61,7 @@ class UGroundConfig:
     bce_weight: float = 2.0
     dice_weight: float = 4.0
     policy_weight: float = 0.4
+    pointing_weight: float = 1.0  # NOT IN THE PAPER (0 there): the softmax-over-tokens loss, see losses.py
     similarity_kernel: int = 31  # Gaussian smoothing of the ground truth for the similarity-map loss
     similarity_sigma: float = 7.0
     ema_decay: float = 0.9  # the REINFORCE baseline
@@ -83,7 +86,7 @@ class UGroundConfig:
         if self.similarity_kernel < 1 or self.similarity_sigma <= 0:
             problems.append(f"similarity kernel {self.similarity_kernel} / sigma {self.similarity_sigma} "
                             "must be positive")
-        if min(self.ce_weight, self.bce_weight, self.dice_weight, self.policy_weight) < 0:
+        if min(self.ce_weight, self.bce_weight, self.dice_weight, self.policy_weight, self.pointing_weight) < 0:
             problems.append("loss weights must not be negative")
         if problems:
             raise ValueError("UGroundConfig: " + "; ".join(problems))

@@ -40,6 +40,7 @@ from nodes.shapes_vlm.train import load_init_weights
 from nodes.uground.config import MODE_LAST, MODE_POLICY, UGroundConfig
 from nodes.uground.data import REJ_TOKEN, SEG_TOKEN, VOCABULARY_TEXT, UGroundBatch, UGroundEncoder
 from nodes.uground.policy import LayerChoice, LayerPolicy
+from nodes.uground.stills import STILLS_WORDS
 
 if TYPE_CHECKING:
     from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast, SamModel
@@ -52,9 +53,11 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "clip_pixels", "sam_pixels", "seg
 
 
 def vocabulary() -> list[str]:
-    """The shapes-world VLM's words (same ids), then the referring expressions' new words, [SEG] and [REJ]."""
+    """The shapes-world VLM's words (same ids), then the referring expressions' new words, [SEG] and [REJ],
+    then the grounded-picking stills' words (after [SEG]/[REJ], so a model trained before they came keeps
+    every id and `load_init_uground` only grows its embeddings)."""
     words = [word for word, _ in pre_tokenizer().pre_tokenize_str(VOCABULARY_TEXT)]
-    return list(dict.fromkeys([*vlm_vocabulary(), *words, SEG_TOKEN, REJ_TOKEN]))
+    return list(dict.fromkeys([*vlm_vocabulary(), *words, SEG_TOKEN, REJ_TOKEN, *STILLS_WORDS]))
 
 
 def build_tokenizer(max_len: int) -> "PreTrainedTokenizerFast":
@@ -80,13 +83,14 @@ class MaskPrediction:
     prompt: torch.Tensor  # (N, 1, 4E, 4E): the map as SAM's mask input
     mask_logits: torch.Tensor  # (N, H, W)
     iou: torch.Tensor  # (N,) SAM's predicted IoU
+    token_scores: torch.Tensor  # (N, T) the [SEG] state's raw dot product with each image token (the pointing loss)
 
     @classmethod
     def none(cls, image_hw: tuple[int, int], prompt_size: int, device: torch.device) -> "MaskPrediction":
         """No [SEG] to segment (a batch of empty targets)."""
         maps = torch.zeros((0, *image_hw), device=device)
         prompts = torch.zeros((0, 1, prompt_size, prompt_size), device=device)
-        return cls(maps, prompts, maps, torch.zeros(0, device=device))
+        return cls(maps, prompts, maps, torch.zeros(0, device=device), torch.zeros((0, 0), device=device))
 
 
 @dataclass
@@ -166,7 +170,7 @@ class UGroundModel(nn.Module):
                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                              multimask_output=False)  # (N, 1, 1, 4E, 4E), (N, 1, 1)
         logits = masks_to_image(low_res[:, 0, 0], self.config.sam.image_size, resized_hw, image_hw)  # (N, H, W)
-        return MaskPrediction(maps.image, maps.prompt, logits, iou[:, 0, 0])
+        return MaskPrediction(maps.image, maps.prompt, logits, iou[:, 0, 0], maps.tokens)
 
     def forward(self, inputs: dict[str, torch.Tensor], image_hw: tuple[int, int], resized_hw: tuple[int, int], *,
                 mode: int, sample: bool, rows: torch.Tensor | None = None, mask_prompt: bool = True) -> UGroundOutput:
@@ -204,6 +208,29 @@ def build_uground(clip_dir: str | Path, config: UGroundConfig,
     encoder = UGroundEncoder(tokenizer, vlm.config.image_seq_length, ImagePreprocessor.from_dir(clip_dir),
                              config.sam.preprocessor())
     return model, encoder
+
+
+def load_init_uground(model: UGroundModel, encoder: UGroundEncoder, directory: str | Path) -> None:
+    """Start `model` from a trained UGround directory of the same sizes whose vocabulary is a prefix of
+    `encoder`'s (the words added since get fresh embedding rows); a different vocabulary is an error."""
+    trained, trained_encoder = load_uground(directory)
+    old, new = trained_encoder.tokenizer.get_vocab(), encoder.tokenizer.get_vocab()
+    changed = sorted(word for word, i in old.items() if new.get(word) != i)
+    if changed:
+        raise ValueError(f"UGround at {directory}: its vocabulary is not a prefix of this one "
+                         f"({len(changed)} words differ, e.g. {changed[:5]})")
+    state = model.state_dict()
+    for key, value in trained.state_dict().items():
+        if key not in state:
+            raise ValueError(f"UGround at {directory}: {key} is not in this model (other sizes?)")
+        target = state[key]
+        if value.shape == target.shape:
+            target.copy_(value)
+        elif value.shape[1:] == target.shape[1:] and value.shape[0] < target.shape[0]:
+            target[: value.shape[0]].copy_(value)  # (V_old, D) rows of a grown vocabulary
+        else:
+            raise ValueError(f"UGround at {directory}: {key} is {tuple(value.shape)}, this model's "
+                             f"{tuple(target.shape)}")
 
 
 def save_uground_dir(model: UGroundModel, encoder: UGroundEncoder, directory: str | Path, meta: dict[str, Any],

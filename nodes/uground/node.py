@@ -12,6 +12,8 @@ comes back in the frame's pixels.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,13 +23,33 @@ from nodes.grounding import DEFAULT_MIN_PIXELS, Grounding, ImageGrounder, Target
 from nodes.uground.config import DEFAULT_MODEL_DIR, MODE_LAST, MODES
 
 DEVICE_AUTO = "auto"
+#: a robot instruction's leading verb ("pick up the green cube"): UGround is asked to segment what follows
+_COMMAND_VERB = re.compile(r"^\s*(?:please\s+)?(?:pick\s+up|pick|grab|grasp|lift|take|segment)\s+", re.IGNORECASE)
+
+
+def referring_expression(instruction: str) -> str:
+    """The object an instruction names, as UGround's prompt takes it: "pick the green cube" → "the green cube"
+    (an instruction without a known leading verb is taken whole)."""
+    return _COMMAND_VERB.sub("", instruction.strip().rstrip(".")).strip()
+
+
+def crop_box(crop: Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) inside an image of `shape` (the whole image for None); a box outside it is an error."""
+    h, w = shape[:2]
+    if crop is None:
+        return 0, 0, w, h
+    x0, y0, x1, y1 = (int(v) for v in crop)
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"UGround crop {list(crop)} is not a box inside the {w}x{h} frame")
+    return x0, y0, x1, y1
 
 
 class UGroundGrounder(ImageGrounder):
     """A trained UGround: the expression's target in an RGB image, or why there is none."""
 
     def __init__(self, model: str = DEFAULT_MODEL_DIR, device: str = DEVICE_AUTO, mode: int = MODE_LAST,
-                 mask_prompt: bool = True, num_threads: int | None = None, **options: Any) -> None:
+                 mask_prompt: bool = True, num_threads: int | None = None, crop: Sequence[int] | None = None,
+                 image_size: int | None = None, **options: Any) -> None:
         import torch
 
         from nodes.uground.evaluate import Variant
@@ -42,18 +64,32 @@ class UGroundGrounder(ImageGrounder):
         self.device = resolve_device(device)
         self.model, self.encoder = load_uground(model, self.device)
         self.variant = Variant(f"mode{mode}", mode=mode, mask_prompt=mask_prompt)
+        self.crop, self.image_size = crop, image_size
 
     def ground_image(self, rgb: np.ndarray, instruction: str) -> Grounding:
+        """UGround on the crop (resized to `image_size`, as its training stills were), the mask pasted back
+        into the whole frame; `min_pixels` counts the frame's pixels."""
+        from PIL import Image
+
         from nodes.uground.evaluate import predict
 
-        batch = self.encoder.encode([np.asarray(rgb)], [instruction])
+        rgb = np.asarray(rgb)
+        x0, y0, x1, y1 = crop_box(self.crop, rgb.shape)
+        view = rgb[y0:y1, x0:x1]
+        if self.image_size is not None:
+            view = np.asarray(Image.fromarray(view).resize((self.image_size, self.image_size), Image.BILINEAR))
+        expression = referring_expression(instruction)
+        batch = self.encoder.encode([view], [expression])
         prediction = predict(self.model, self.encoder, batch, [self.variant], self.device)[self.variant.name][0]
         if not prediction.present:
-            return Grounding.absent(rgb.shape, f"absent: [REJ] for {instruction!r} (P([SEG]) {prediction.p_seg:.2f})")
-        pixels = int(prediction.mask.sum())
+            return Grounding.absent(rgb.shape, f"absent: [REJ] for {expression!r} (P([SEG]) {prediction.p_seg:.2f})")
+        mask = np.asarray(Image.fromarray(prediction.mask).resize((x1 - x0, y1 - y0), Image.NEAREST))
+        frame_mask = np.zeros(rgb.shape[:2], bool)
+        frame_mask[y0:y1, x0:x1] = mask
+        pixels = int(frame_mask.sum())
         if pixels < self.min_pixels:
-            return Grounding.absent(rgb.shape, f"absent: [SEG] for {instruction!r} but SAM's mask has {pixels} pixels")
-        return Grounding(prediction.mask, prediction.p_seg)
+            return Grounding.absent(rgb.shape, f"absent: [SEG] for {expression!r} but SAM's mask has {pixels} pixels")
+        return Grounding(frame_mask, prediction.p_seg)
 
 
 class UGroundParams(BaseModel):
@@ -67,6 +103,9 @@ class UGroundParams(BaseModel):
     min_pixels: int = Field(DEFAULT_MIN_PIXELS, ge=0, description="a smaller mask counts as no target")
     instruction: str | None = Field(None, description="a fixed referring expression; None: the `instruction` "
                                                       "input's, per episode")
+    crop: list[int] | None = Field(None, min_length=4, max_length=4,
+                                   description="[x0, y0, x1, y1]: ground in this box of the frame (None: all of it)")
+    image_size: int | None = Field(None, ge=16, description="resize the (cropped) view to this square side first")
 
 
 class UGroundNode(TargetGrounding):
@@ -76,7 +115,7 @@ class UGroundNode(TargetGrounding):
 
     def setup(self) -> None:
         p = self.params
-        self.grounder = UGroundGrounder(p.model, p.device, p.mode, p.mask_prompt, p.num_threads,
-                                        min_pixels=p.min_pixels)
+        self.grounder = UGroundGrounder(p.model, p.device, p.mode, p.mask_prompt, p.num_threads, p.crop,
+                                        p.image_size, min_pixels=p.min_pixels)
         self.instructions: dict[int, str] = {}  # episode -> expression (TargetGrounding's state)
         self.pending = None  # the newest frame still waiting for its episode's expression

@@ -46,7 +46,9 @@ from nodes.uground.config import DEFAULT_MODEL_DIR, MODE_LAST, MODES, REWARDS, U
 from nodes.uground.data import ReferringSource, UGroundBatch
 from nodes.uground.evaluate import MODE1, MODE3, NO_MASK_PROMPT, DEFAULT_VARIANTS, evaluate, layer_variants
 from nodes.uground.losses import Losses, total_loss
-from nodes.uground.model import UGroundModel, build_uground, save_uground_dir, to_inputs
+from nodes.uground.model import UGroundModel, build_uground, load_init_uground, read_meta, save_uground_dir, to_inputs
+from nodes.uground.model import require_model_dir as require_uground_dir
+from nodes.uground.stills import GroundedStillsSource, MixedSource
 from sim.shapes_world.dataset import HELDOUT, TRAIN
 from sim.shapes_world.referring import DEFAULT_SIZE
 
@@ -58,6 +60,7 @@ DEFAULT_MINUTES = 15.0
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.98)
 HEADLINE = ("giou", "ciou", "empty_accuracy", "target_accuracy")
+STILLS_KEY = "grounded_stills"  # the held-out grounded-picking stills' metrics, beside the shapes-world ones
 
 
 @dataclass
@@ -68,6 +71,11 @@ class TrainOptions:
     out: Path = Path(DEFAULT_MODEL_DIR)
     ckpt_dir: Path | None = None  # default: runs/uground/<out name>
     init_vlm: Path | None = None  # start the VLM from this trained shapes-world VLM (its sizes replace the config's)
+    init_uground: Path | None = None  # start everything from this trained UGround (its sizes replace the config's)
+    stills: Path | None = None  # grounded-picking stills (`groundloop sim grounded-stills`) mixed into training
+    stills_share: float = 0.5  # of the training samples drawn from --stills
+    stills_eval: Path | None = None  # held-out grounded-picking stills, evaluated beside the shapes-world set
+    stills_eval_expressions: int = 600  # the first this many of their expressions (in file order)
     minutes: float | None = None  # neither minutes nor steps: DEFAULT_MINUTES
     steps: int | None = None
     batch_size: int = 16
@@ -120,6 +128,7 @@ def train_step(model: UGroundModel, batch: UGroundBatch, optimizer: torch.optim.
     out = model(to_inputs(batch, device), batch.image_hw, batch.sam_resized_hw, mode=mode, sample=True)
     losses = total_loss(config, logits=out.reading.logits, labels=torch.from_numpy(batch.labels).to(device),
                         mask_logits=out.masks.mask_logits, similarity=out.masks.similarity,
+                        token_scores=out.masks.token_scores, grid_hw=model.grid,
                         targets=torch.from_numpy(batch.targets).to(device)[out.rows], choice=out.choice,
                         policy=model.policy)
     optimizer.zero_grad(set_to_none=True)
@@ -147,10 +156,18 @@ def train_uground(options: TrainOptions, config: UGroundConfig | None = None) ->
     state = load_train_state(options.run_dir / STATE_FILE, options.resume, STATE_FORMAT, "UGround")
     config = UGroundConfig.from_dict(state["config"]) if state is not None else (config or UGroundConfig())
     init_vlm = options.init_vlm if state is None else None  # a resumed run has its weights in the state
+    init_uground = options.init_uground if state is None else None
+    if init_vlm is not None and init_uground is not None:
+        raise ValueError("give --init-vlm or --init-uground, not both")
     if init_vlm is not None:
         config = replace(config, vlm=VlmShapesConfig.from_dict(read_vlm_meta(require_model_dir(init_vlm))["config"]))
+    if init_uground is not None:  # its network sizes; the training knobs (mode, reward, ...) stay as given
+        trained = UGroundConfig.from_dict(read_meta(require_uground_dir(init_uground))["config"])
+        config = replace(config, vlm=trained.vlm, sam=trained.sam)
     torch.manual_seed(options.seed)
     model, encoder = build_uground(options.clip, config, init_vlm)
+    if init_uground is not None:
+        load_init_uground(model, encoder, init_uground)
     step, elapsed_s, curve, last_eval = 0, 0.0, [], {}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -159,20 +176,32 @@ def train_uground(options: TrainOptions, config: UGroundConfig | None = None) ->
     optimizer = make_optimizer(model, options)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-    train_source = ReferringSource(TRAIN, options.train_scenes, options.image_size)
+    train_source: ReferringSource | MixedSource = ReferringSource(TRAIN, options.train_scenes, options.image_size)
+    if options.stills is not None:
+        stills = GroundedStillsSource(options.stills)
+        if stills.stills.size != options.image_size:  # one batch holds one image size
+            raise ValueError(f"the stills at {options.stills} are {stills.stills.size} px, the referring set's "
+                             f"{options.image_size} px (--image-size)")
+        train_source = MixedSource([train_source, stills], [1.0 - options.stills_share, options.stills_share])
     heldout = ReferringSource(HELDOUT, options.eval_scenes, options.image_size).all_samples()
+    heldout_stills = (GroundedStillsSource(options.stills_eval).all_samples(options.stills_eval_expressions)
+                      if options.stills_eval else [])
     options.run_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     minutes = "-" if options.budget_s is None else f"{options.budget_s / 60:.1f} min"
     print(f"uground: {n_params / 1e6:.2f}M parameters, batch {options.batch_size}, mode {config.mode}, device "
           f"{device}, {options.threads} threads; budget {options.steps or '-'} steps / {minutes}; from step {step}; "
-          f"{len(heldout)} held-out expressions")
+          f"{len(heldout)} held-out expressions, {len(heldout_stills)} on held-out grounded-picking stills")
 
     def checkpoint(final: bool) -> None:
         meta = {"train": {"step": step, "elapsed_s": round(elapsed_s, 1), "final": final, "device": str(device),
                           "parameters": n_params, "clip": str(options.clip), "batch_size": options.batch_size,
                           "lr": options.lr, "vlm_lr": options.vlm_lr,
                           "init_vlm": str(options.init_vlm) if options.init_vlm is not None else None,
+                          "init_uground": str(options.init_uground) if options.init_uground is not None else None,
+                          "stills": str(options.stills) if options.stills is not None else None,
+                          "stills_share": options.stills_share if options.stills is not None else None,
+                          "stills_eval": str(options.stills_eval) if options.stills_eval is not None else None,
                           "last_layer_share": options.last_layer_share,
                           "split": {"train": TRAIN, "heldout": HELDOUT}, "train_scenes": options.train_scenes,
                           "eval_scenes": options.eval_scenes, "seed": options.seed}, "heldout": last_eval}
@@ -213,6 +242,11 @@ def train_uground(options: TrainOptions, config: UGroundConfig | None = None) ->
                                        batch_size=options.batch_size)
                     last_eval = {**metrics, "step": step, "n_expressions": min(len(heldout), options.eval_samples)}
                     row.update({f"heldout_{k}": v for k, v in _headline(metrics).items()})
+                    if heldout_stills:
+                        on_stills = evaluate(model, encoder, heldout_stills[: options.eval_samples], device,
+                                             batch_size=options.batch_size)
+                        last_eval[STILLS_KEY] = on_stills
+                        row.update({f"stills_{k}": v for k, v in _headline(on_stills).items()})
                 log(row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("total", "ce", "mask_dice", "similarity_dice")})
             if step % options.checkpoint_every == 0 and not done:
@@ -223,6 +257,9 @@ def train_uground(options: TrainOptions, config: UGroundConfig | None = None) ->
     variants = DEFAULT_VARIANTS + layer_variants(config.num_layers)
     last_eval = {**evaluate(model, encoder, heldout, device, batch_size=options.batch_size, variants=variants),
                  "step": step, "n_expressions": len(heldout)}
+    if heldout_stills:
+        last_eval[STILLS_KEY] = {**evaluate(model, encoder, heldout_stills, device, batch_size=options.batch_size,
+                                            variants=variants), "n_expressions": len(heldout_stills)}
     checkpoint(final=True)
     return {"out": str(options.out), "step": step, "elapsed_s": round(elapsed_s, 1), "parameters": n_params,
             "heldout": last_eval}
@@ -232,10 +269,15 @@ def _run_from_args(args: argparse.Namespace) -> int:
     base = UGroundConfig()
     vlm = replace(base.vlm, hidden_size=args.hidden_size, layers=args.layers, heads=args.heads, kv_heads=args.heads)
     config = replace(base, vlm=vlm, sam=replace(base.sam, patch_size=args.sam_patch_size), mode=args.mode,
-                     reward=args.reward, policy_weight=args.policy_weight, policy_init=args.policy_init)
+                     reward=args.reward, policy_weight=args.policy_weight, policy_init=args.policy_init,
+                     pointing_weight=args.pointing_weight)
     options = TrainOptions(clip=Path(args.clip), out=Path(args.out),
                            ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
-                           init_vlm=Path(args.init_vlm) if args.init_vlm else None, minutes=args.minutes,
+                           init_vlm=Path(args.init_vlm) if args.init_vlm else None,
+                           init_uground=Path(args.init_uground) if args.init_uground else None,
+                           stills=Path(args.stills) if args.stills else None, stills_share=args.stills_share,
+                           stills_eval=Path(args.stills_eval) if args.stills_eval else None,
+                           stills_eval_expressions=args.stills_eval_expressions, minutes=args.minutes,
                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, vlm_lr=args.vlm_lr,
                            half_weights=args.half_weights,
                            last_layer_share=args.last_layer_share, train_scenes=args.train_scenes,
@@ -249,10 +291,10 @@ def _run_from_args(args: argparse.Namespace) -> int:
     except MissingModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    held = summary["heldout"]
-    for variant in (MODE1, MODE3, NO_MASK_PROMPT):
-        figures = ", ".join(f"{k} {held[variant][k]:.3f}" for k in HEADLINE if held[variant][k] is not None)
-        print(f"held-out {variant} after {summary['step']} steps ({held['n_expressions']} expressions): {figures}")
+    for name, held in (("held-out", summary["heldout"]), ("held-out stills", summary["heldout"].get(STILLS_KEY))):
+        for variant in (MODE1, MODE3, NO_MASK_PROMPT) if held else ():
+            figures = ", ".join(f"{k} {held[variant][k]:.3f}" for k in HEADLINE if held[variant][k] is not None)
+            print(f"{name} {variant} after {summary['step']} steps ({held['n_expressions']} expressions): {figures}")
     print(json.dumps(summary))
     return 0
 
@@ -267,6 +309,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-dir", help="resumable state and metrics (default runs/uground/<out name>)")
     p.add_argument("--init-vlm", help="start the VLM from this trained shapes-world VLM directory (e.g. "
                                       "models/vlm_shapes; its sizes replace --hidden-size/--layers/--heads)")
+    p.add_argument("--init-uground", help="start from this trained UGround directory (fine-tuning, e.g. on --stills; "
+                                          "words added to the vocabulary since get fresh embeddings)")
+    p.add_argument("--stills", help="grounded-picking stills (groundloop sim grounded-stills) mixed into training")
+    p.add_argument("--stills-share", type=float, default=defaults.stills_share,
+                   help="share of the training samples drawn from --stills")
+    p.add_argument("--stills-eval", help="held-out grounded-picking stills, evaluated beside the shapes-world set")
+    p.add_argument("--stills-eval-expressions", type=int, default=defaults.stills_eval_expressions,
+                   help="how many of the held-out stills' expressions are evaluated (the first, in file order)")
     p.add_argument("--minutes", type=float, help=f"time budget (default {DEFAULT_MINUTES:g} when --steps is not given)")
     p.add_argument("--steps", type=int, help="step budget (with --minutes: whichever comes first)")
     p.add_argument("--mode", type=int, choices=MODES, default=arch.mode,
@@ -277,6 +327,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", choices=REWARDS, default=arch.reward,
                    help="the policy's reward: the batch's summed similarity loss (the paper) or each [SEG]'s own")
     p.add_argument("--policy-weight", type=float, default=arch.policy_weight, help="weight of the REINFORCE loss")
+    p.add_argument("--pointing-weight", type=float, default=arch.pointing_weight,
+                   help="weight of the softmax-over-image-tokens loss (not in the paper; 0: the paper's losses)")
     p.add_argument("--policy-init", type=float, default=arch.policy_init,
                    help="the policy's starting weights (1: the paper's ones, each layer's logit the sum of its [SEG] "
                         "state; 0: every layer equally likely)")

@@ -64,6 +64,24 @@ def test_the_uground_part_reports_every_variant_layer_and_policy_pick(capsys: py
     assert any(line.startswith("UGround") for line in out[:-1])  # the table comes before the JSON
 
 
+def test_the_picking_part_sets_uground_beside_the_colour_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 one_thread: None) -> None:
+    from tests.nodes.uground.test_stills import write_stills
+
+    stills = write_stills(tmp_path / "stills", n=2, size=128)
+    assert grounding.main(["--picking-only", "--picking-stills", str(stills), "--device", "cpu", "--quick"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    part = report[grounding.PICKING]
+    assert report["parts"] == [grounding.PICKING] and part["stills"] == 2
+    assert part["expressions"] == 4 + 3 and part["empty_targets"] == 2  # red, green, blue (absent), all; then no green
+    assert set(part["variants"]) == {MODE1, MODE3, NO_MASK_PROMPT, grounding.COLOUR_BASELINE}
+    for name, metrics in part["variants"].items():
+        assert metrics["n"] == part["expressions"] and all(in_unit(metrics[key]) for key in ("giou", "ciou")), name
+    baseline = part["variants"][grounding.COLOUR_BASELINE]
+    assert baseline["empty_accuracy"] == 1.0  # no blue pixels: blue is absent
+    assert baseline["giou_by_kind"]["attribute"] > 0.9 and baseline["giou_by_kind"]["multi"] == 0.0  # no "all"
+
+
 def test_a_missing_uground_names_the_command_that_makes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     missing = tmp_path / "no_uground"
     assert grounding.main(["--uground-only", "--uground", str(missing)]) == grounding.EXIT_MISSING_MODEL

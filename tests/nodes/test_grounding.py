@@ -28,6 +28,7 @@ from nodes.pointcloud import PointCloudNode
 from nodes.waypoint_planner import GeometricPlanner
 from pipeline.harness import NodeHarness
 from pipeline.messages import ActionChunk, Frame, RobotState, Waypoints
+from pipeline.node import ParamsError
 from sim.pointcloud import pose_to_matrix
 
 SIZE = 96
@@ -163,8 +164,11 @@ def test_uground_takes_its_options_from_the_node_and_rejects_unknown_ones():
         make_grounder(UGROUND, {**SHIPPED_UGROUND, "checkpoint": "x.pt"})
     with pytest.raises(FileNotFoundError, match="no UGround model"):
         make_grounder(UGROUND, {"model": "models/no_such_uground"})
-    harness = NodeHarness(TargetGrounding, {"grounder": UGROUND, "options": {**SHIPPED_UGROUND, "mode": 3},
-                                            "instruction": "pick the blue cube"})
+    with pytest.raises(ParamsError, match="unknown grounders"):
+        NodeHarness(TargetGrounding, {"grounder": UGROUND, "options": {"sam": {}}})
+    harness = NodeHarness(TargetGrounding, {"grounder": UGROUND, "instruction": "pick the blue cube",
+                                            "options": {UGROUND: {**SHIPPED_UGROUND, "mode": 3},
+                                                        ORACLE: {"target_template": "ignored_{colour}"}}})
     mask = harness.send("frame", scene_frame(step=3))[0].message
     assert isinstance(mask, Mask) and mask.masks.shape[1:] == (SIZE, SIZE) and mask.step == 3
     assert len(mask.masks) == len(mask.scores) == len(mask.labels) and len(mask.masks) in (0, 1)

@@ -15,3 +15,14 @@ def pick_robot() -> Iterator[ManiSkillRobot]:
     robot.connect()
     yield robot
     robot.disconnect()
+
+
+@pytest.fixture(scope="session")
+def grounded_robot() -> Iterator[ManiSkillRobot]:
+    """A connected GroundedPickCube-v1 robot with the default camera."""
+    from sim.tasks import GROUNDED_PICK_CUBE
+
+    robot = ManiSkillRobot(GROUNDED_PICK_CUBE)
+    robot.connect()
+    yield robot
+    robot.disconnect()

@@ -2,30 +2,25 @@
 segmentation that tells the cubes apart, and grounding (oracle and colour) that selects the target's points."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from nodes.evaluate import evaluate
-from nodes.grounding import COLOR, ORACLE, TargetGrounding, make_grounder
+from nodes.grounding import COLOR, ORACLE, UGROUND, TargetGrounding, make_grounder
 from nodes.pointcloud import PointCloudNode
 from pipeline.harness import NodeHarness
 from pipeline.messages import Frame
 from robot.interface import RobotObservation
 from sim.maniskill_robot import ManiSkillRobot
-from sim.tasks import GROUNDED_PICK_CUBE
 
 SEEDS = (0, 1, 2, 3)
 GRAPH = "configs/grounded_pick.yaml"
 
 
 @pytest.fixture(scope="module")
-def robot() -> Iterator[ManiSkillRobot]:
-    robot = ManiSkillRobot(GROUNDED_PICK_CUBE)
-    robot.connect()
-    yield robot
-    robot.disconnect()
+def robot(grounded_robot: ManiSkillRobot) -> ManiSkillRobot:
+    return grounded_robot
 
 
 def frame_of(robot: ManiSkillRobot, obs: RobotObservation) -> Frame:
@@ -46,6 +41,15 @@ def test_layouts_keep_cubes_apart_and_the_goal_clear_of_distractors():
         assert np.linalg.norm(xy[1:] - goal[:2], axis=1).min() >= MIN_GOAL_CLEARANCE_M and 0.02 <= goal[2] <= 0.32
     with pytest.raises(ValueError, match="num_cubes"):
         sample_layout(rng, len(PALETTE) + 1, 0.1)
+
+
+def test_the_graphs_uground_grounds_in_the_view_its_stills_were_cut_from():
+    from pipeline.graph import load_graph
+    from sim.grounded_pick import WORKSPACE_CROP
+    from sim.grounded_stills import DEFAULT_SIZE
+
+    options = load_graph(GRAPH).nodes["grounding"].params.options[UGROUND]
+    assert tuple(options["crop"]) == WORKSPACE_CROP and options["image_size"] == DEFAULT_SIZE
 
 
 @pytest.mark.slow

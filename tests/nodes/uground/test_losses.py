@@ -7,11 +7,12 @@ import torch
 
 from nodes.shapes_vlm.data import IGNORE_INDEX
 from nodes.uground.config import REWARD_SAMPLE, UGroundConfig
-from nodes.uground.losses import (answer_ce, gaussian_heat, gaussian_kernel, mask_bce, mask_dice, similarity_loss,
-                                  total_loss)
+from nodes.uground.losses import (answer_ce, gaussian_heat, gaussian_kernel, mask_bce, mask_dice, pointing_loss,
+                                  similarity_loss, token_shares, total_loss)
 from nodes.uground.policy import LayerPolicy
 
 H = W = 64
+GRID = (4, 4)  # the image-token grid of the pointing loss
 
 
 def square(y: int, x: int, half: int = 6) -> torch.Tensor:
@@ -68,14 +69,34 @@ def test_total_combines_the_parts_and_a_batch_of_empty_targets_trains_the_answer
     targets = torch.stack([square(20, 20), square(40, 40)])  # (2, H, W)
     mask_logits = torch.randn(2, H, W, requires_grad=True)
     choice = policy.choose(torch.randn(2, 3, 4), sample=True)
+    token_scores = torch.randn(2, GRID[0] * GRID[1], requires_grad=True)
     losses = total_loss(config, logits=logits, labels=labels, mask_logits=mask_logits, similarity=targets.clone(),
-                        targets=targets, choice=choice, policy=policy)
+                        token_scores=token_scores, grid_hw=GRID, targets=targets, choice=choice, policy=policy)
     losses.total.backward()
-    assert mask_logits.grad is not None and policy.weight.grad is not None
+    assert mask_logits.grad is not None and policy.weight.grad is not None and token_scores.grad is not None
+    assert losses.log()["pointing"] > 0
     assert float(policy.baseline) == pytest.approx((1 - config.ema_decay) * float(losses.reward))
     parts = losses.log()
     assert parts["total"] > parts["ce"] > 0 and parts["mask_bce"] > 0 and parts["reward"] < 0
     nothing = torch.zeros(0, H, W)
-    none = total_loss(config, logits=logits, labels=labels, mask_logits=nothing, similarity=nothing, targets=nothing,
+    none = total_loss(config, logits=logits, labels=labels, mask_logits=nothing, similarity=nothing,
+                      token_scores=torch.zeros(0, GRID[0] * GRID[1]), grid_hw=GRID, targets=nothing,
                       choice=policy.last(0, torch.device("cpu")), policy=policy)
     assert float(none.total.detach()) == pytest.approx(float(none.ce)) and float(none.mask_dice) == 0.0
+
+
+def test_token_shares_lay_the_grid_over_the_padded_square() -> None:
+    target = torch.zeros(1, 32, 64, dtype=torch.bool)  # (1, H, W): wide, padded to 64×64 at the bottom
+    target[0, 0:16, 48:64] = True  # exactly the top-right cell of a 4×4 grid
+    shares = token_shares(target, (4, 4)).reshape(4, 4)
+    assert shares[0, 3] == 1.0 and shares.sum() == 1.0
+
+
+def test_the_pointing_loss_prefers_scores_on_the_target_and_reaches_zero_gradient_there() -> None:
+    target = torch.zeros(1, 32, 32, dtype=torch.bool)
+    target[0, 0:8, 0:8] = True  # cell 0 of the 4×4 grid
+    on, off = torch.full((1, 16), -5.0), torch.full((1, 16), -5.0)
+    on[0, 0], off[0, 5] = 5.0, 5.0
+    assert pointing_loss(on, target, (4, 4)) < 0.01 < 5.0 < pointing_loss(off, target, (4, 4))
+    with pytest.raises(ValueError, match="negative"):
+        UGroundConfig(pointing_weight=-1.0).validate()

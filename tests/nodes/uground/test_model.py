@@ -13,8 +13,9 @@ from nodes.clip.model import MissingModelError
 from nodes.shapes_vlm.model import vocabulary as vlm_vocabulary
 from nodes.uground.config import MODE_LAST, MODE_POLICY, MODE_POLICY_MAP, UGroundConfig
 from nodes.uground.data import REJ_TOKEN, SEG_TOKEN, ReferringSource, UGroundEncoder
-from nodes.uground.model import (UGroundModel, build_tokenizer, load_uground, read_meta, require_model_dir, to_inputs,
-                                 vocabulary)
+from nodes.uground.model import (UGroundModel, build_tokenizer, build_uground, load_init_uground, load_uground,
+                                 read_meta, require_model_dir, save_uground_dir, to_inputs, vocabulary)
+from nodes.uground.stills import STILLS_WORDS
 from sim.shapes_world.dataset import TRAIN
 from tests.nodes.uground.conftest import STILL_PX, TINY
 
@@ -29,11 +30,13 @@ def batch_of(encoder: UGroundEncoder, n: int = B, seed: int = 0):
 
 def test_the_vocabulary_extends_the_vlms_and_keeps_seg_and_rej_whole() -> None:
     words, old = vocabulary(), vlm_vocabulary()
-    assert words[: len(old)] == old and words[-2:] == [SEG_TOKEN, REJ_TOKEN]
+    tail = [SEG_TOKEN, REJ_TOKEN, *STILLS_WORDS]
+    assert words[: len(old)] == old and words[-len(tail):] == tail  # words added later come after [SEG]/[REJ]
     tokenizer = build_tokenizer(64)
     ids = tokenizer("Please segment all crosses left of the red star. ASSISTANT: [SEG] [REJ]")["input_ids"]
     assert tokenizer.unk_token_id not in ids
     assert ids[-2:] == tokenizer.convert_tokens_to_ids([SEG_TOKEN, REJ_TOKEN])
+    assert tokenizer.unk_token_id not in tokenizer("Please segment all cubes and the green cube.")["input_ids"]
 
 
 def test_the_encoder_teacher_forces_seg_or_rej_after_the_prompt(
@@ -98,3 +101,31 @@ def test_a_saved_model_reloads_to_the_same_outputs(tiny_uground_dir: Path) -> No
 def test_a_missing_model_names_the_path_and_the_command(tmp_path: Path) -> None:
     with pytest.raises(MissingModelError, match=r"nothing_here.*does not exist.*groundloop train uground"):
         require_model_dir(tmp_path / "nothing_here")
+
+
+def test_a_model_trained_before_new_words_starts_a_grown_one(tiny_clip_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--init-uground: a directory saved without the stills' words loads into a model that has them, every old
+    row and weight as trained; a vocabulary that renumbers words is refused."""
+    import nodes.uground.model as model_module
+
+    monkeypatch.setattr(model_module, "STILLS_WORDS", ())
+    torch.manual_seed(3)
+    old_model, old_encoder = build_uground(tiny_clip_dir, TINY)
+    saved = save_uground_dir(old_model, old_encoder, tmp_path / "old", {"train": {"note": "random weights (tests)"}})
+    monkeypatch.undo()
+    torch.manual_seed(4)
+    model, encoder = build_uground(tiny_clip_dir, TINY)
+    load_init_uground(model, encoder, saved)
+    old_rows = old_model.vlm.get_input_embeddings().weight
+    grown = model.vlm.get_input_embeddings().weight
+    assert grown.shape[0] == old_rows.shape[0] + len(STILLS_WORDS)
+    assert torch.equal(grown[: old_rows.shape[0]], old_rows)
+    assert torch.equal(model.sam.mask_decoder.iou_prediction_head.proj_out.weight,
+                       old_model.sam.mask_decoder.iou_prediction_head.proj_out.weight)
+    monkeypatch.setattr(model_module, "STILLS_WORDS", ("zebra", *STILLS_WORDS))
+    renumbered, renumbered_encoder = build_uground(tiny_clip_dir, TINY)
+    monkeypatch.undo()
+    moved = save_uground_dir(renumbered, renumbered_encoder, tmp_path / "moved", {"train": {}})
+    with pytest.raises(ValueError, match="not a prefix"):
+        load_init_uground(model, encoder, moved)

@@ -12,7 +12,7 @@ from pipeline.messages import Instruction, Mask
 from nodes.uground.data import ReferringSource
 from nodes.uground.evaluate import DEFAULT_VARIANTS, MODE1, Prediction, Tally, evaluate, layer_variants, predict
 from nodes.uground.model import UGroundModel, load_uground
-from nodes.uground.node import UGroundGrounder, UGroundNode
+from nodes.uground.node import UGroundGrounder, UGroundNode, crop_box, referring_expression
 from pipeline.harness import NodeHarness, recording_inputs
 from pipeline.messages import Frame
 from sim.shapes_world.dataset import HELDOUT
@@ -121,3 +121,44 @@ def test_the_grounder_checks_its_options(tiny_uground_dir: Path) -> None:
         UGroundGrounder(str(tiny_uground_dir), mode=4)
     with pytest.raises(ValueError, match="unknown options"):
         UGroundGrounder(str(tiny_uground_dir), colour="red")
+
+
+@pytest.mark.parametrize(("instruction", "expression"), [
+    ("pick the green cube", "the green cube"), ("Pick up the red cube.", "the red cube"),
+    ("please grab all cubes", "all cubes"), ("the purple star", "the purple star"),
+    ("pickled the red circle", "pickled the red circle")])
+def test_an_instruction_becomes_the_expression_uground_segments(instruction: str, expression: str) -> None:
+    assert referring_expression(instruction) == expression
+
+
+def test_the_grounder_grounds_in_its_crop_and_pastes_the_mask_back(tiny_uground_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[tuple[int, ...], str]] = []
+
+    def whole_view(self, images, expressions, *args, **kwargs):  # records the view, answers [SEG] over all of it
+        seen.append((images[0].shape, expressions[0]))
+        return original(self, images, expressions, *args, **kwargs)
+
+    from nodes.uground.data import UGroundEncoder
+    original = UGroundEncoder.encode
+    monkeypatch.setattr(UGroundEncoder, "encode", whole_view)
+    monkeypatch.setattr(UGroundModel, "read", _present_everywhere(UGroundModel.read))
+    grounder = UGroundGrounder(str(tiny_uground_dir), crop=[10, 20, 50, 60], image_size=STILL_PX, min_pixels=0)
+    grounding = grounder.ground_image(np.zeros((100, 120, 3), np.uint8), "pick up the red cube")
+    assert seen == [((STILL_PX, STILL_PX, 3), "the red cube")]
+    assert grounding.mask.shape == (100, 120)
+    outside = grounding.mask.copy()
+    outside[20:60, 10:50] = False
+    assert not outside.any()  # nothing outside the crop
+    assert crop_box(None, (100, 120, 3)) == (0, 0, 120, 100)
+    with pytest.raises(ValueError, match="not a box inside the 120x100 frame"):
+        crop_box([0, 0, 130, 50], (100, 120, 3))
+
+
+def _present_everywhere(read):
+    """UGroundModel.read, answering [SEG] for every row."""
+    def wrapped(self, *args, **kwargs):
+        reading = read(self, *args, **kwargs)
+        reading.present = torch.full_like(reading.present, 5.0)
+        return reading
+    return wrapped
