@@ -8,6 +8,13 @@ placement above the base cube (stack). Waypoints are emitted in the camera frame
 base transform, as a VLM planner would give them. A target with too few visible points gets an
 invalid plan that says so, and no motion follows from it; when a grounding node (the `target` input)
 found no target for the instruction, the plan says that instead.
+
+The target is one rigid object, so its flagged points are narrowed to their largest connected cluster
+(points within `cluster_radius_m` of each other) before planning: a learned grounder's mask that spills
+onto a neighbouring cube then plans for the cube it mostly covers, not for the space between them. The
+2.5 cm default lies between the farthest nearest neighbour of one cube's points in a 1024-point cloud
+(1.55 cm measured over seeds 1000–1005) and the narrowest gap between two GroundedPickCube cubes
+(8.5 cm apart at the centres less two 2.8 cm half-diagonals: 2.9 cm); exact segmentation is one cluster.
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ class PlannerParams(BaseModel):
     task: Literal["pick", "push", "stack"] = "pick"
     min_target_points: int = Field(8, ge=1, description="fewer visible target points than this: no plan")
     replan_each_frame: bool = False
+    cluster_radius_m: float | None = Field(0.025, gt=0, description="keep the largest cluster of target points "
+                                                                   "linked within this distance (None: all points)")
 
 
 def footprint(points_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +114,22 @@ def plan_waypoints(task: str, target_base: np.ndarray, ee_pose: np.ndarray, goal
     return np.stack(rows), names
 
 
+def largest_cluster(points: np.ndarray, radius_m: float) -> np.ndarray:
+    """(N, 3) points → the (M, 3) points of their largest single-linkage cluster at `radius_m` (ties: the
+    cluster of the earliest point)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if len(points) < 2:
+        return points
+    pairs = cKDTree(points).query_pairs(radius_m, output_type="ndarray")  # (P, 2)
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points), len(points)))
+    _, labels = connected_components(graph, directed=False)
+    return points[labels == np.argmax(np.bincount(labels))]
+
+
 class GeometricPlanner(Node):
     Params = PlannerParams
     inputs = {"cloud": PointCloud, "state": RobotState, "target": Mask}
@@ -133,6 +158,11 @@ class GeometricPlanner(Node):
             return
         target = msg.xyz[msg.is_target]
         target = target[np.all(np.isfinite(target), axis=1)]
+        if self.params.cluster_radius_m is not None:
+            kept = largest_cluster(target, self.params.cluster_radius_m)
+            if len(kept) < len(target):
+                self.count("target_points_off_cluster", len(target) - len(kept))
+            target = kept
         if len(target) < self.params.min_target_points:
             grounded = self.absent is not None and self.absent[0] == msg.episode
             self._invalid(msg, f"grounding: {self.absent[1]}" if grounded else

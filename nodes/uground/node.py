@@ -9,6 +9,9 @@ comes back in the frame's pixels.
 
 `UGroundGrounder` is the `ImageGrounder` behind it, so the grounding node can offer it by name too
 (`GROUNDERS["uground"]`). The model loads in `setup()`, from a local directory (`groundloop train uground`).
+A robot instruction is asked as the object it names ("pick the green cube" → "the green cube"), and
+`crop` + `image_size` give the model the view it was trained on (configs/grounded_pick.yaml: the
+workspace square its picking stills were cut from, at 128 px).
 """
 from __future__ import annotations
 
@@ -67,8 +70,9 @@ class UGroundGrounder(ImageGrounder):
         self.crop, self.image_size = crop, image_size
 
     def ground_image(self, rgb: np.ndarray, instruction: str) -> Grounding:
-        """UGround on the crop (resized to `image_size`, as its training stills were), the mask pasted back
-        into the whole frame; `min_pixels` counts the frame's pixels."""
+        """UGround on the crop (resized to `image_size` by area averaging, as `groundloop sim grounded-stills`
+        made its training stills), the mask pasted back into the whole frame; `min_pixels` counts the frame's
+        pixels."""
         from PIL import Image
 
         from nodes.uground.evaluate import predict
@@ -77,13 +81,13 @@ class UGroundGrounder(ImageGrounder):
         x0, y0, x1, y1 = crop_box(self.crop, rgb.shape)
         view = rgb[y0:y1, x0:x1]
         if self.image_size is not None:
-            view = np.asarray(Image.fromarray(view).resize((self.image_size, self.image_size), Image.BILINEAR))
+            view = np.asarray(Image.fromarray(view).resize((self.image_size, self.image_size), Image.Resampling.BOX))
         expression = referring_expression(instruction)
         batch = self.encoder.encode([view], [expression])
         prediction = predict(self.model, self.encoder, batch, [self.variant], self.device)[self.variant.name][0]
         if not prediction.present:
             return Grounding.absent(rgb.shape, f"absent: [REJ] for {expression!r} (P([SEG]) {prediction.p_seg:.2f})")
-        mask = np.asarray(Image.fromarray(prediction.mask).resize((x1 - x0, y1 - y0), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(prediction.mask).resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST))
         frame_mask = np.zeros(rgb.shape[:2], bool)
         frame_mask[y0:y1, x0:x1] = mask
         pixels = int(frame_mask.sum())

@@ -17,6 +17,12 @@ foreground blob, so the deeper layers, where an expression can act, got no simil
 a trained LLaVA with [SEG]/[REJ] added); from scratch, 2400 CPU steps learnt a foreground mask and never
 answered [REJ] (held-out gIoU 0.25, empty accuracy 0), from that VLM 1000 steps reached gIoU 0.34.
 
+`--stills DIR` mixes grounded-picking camera stills (`groundloop sim grounded-stills`, nodes/uground/stills.py)
+into the batches at `--stills-share`, and `--stills-eval DIR` reports held-out ones beside the shapes-world
+metrics; `--init-uground DIR` fine-tunes a trained UGround (its sizes; the training knobs as given), its
+vocabulary grown by the words added since ("cube"). The pointing loss (losses.py, `--pointing-weight`, not in
+the paper) is what made the map tell one shape from another.
+
 Outputs: the model directory at --out (rewritten at every checkpoint, so an interrupted run leaves a usable
 model; its `groundloop_uground.json` records steps, time and the held-out metrics: gIoU, cIoU, empty and
 target accuracy for mode 1, mode 3 and without the mask prompt, and per fixed layer at the end), and in
@@ -270,7 +276,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
     vlm = replace(base.vlm, hidden_size=args.hidden_size, layers=args.layers, heads=args.heads, kv_heads=args.heads)
     config = replace(base, vlm=vlm, sam=replace(base.sam, patch_size=args.sam_patch_size), mode=args.mode,
                      reward=args.reward, policy_weight=args.policy_weight, policy_init=args.policy_init,
-                     pointing_weight=args.pointing_weight)
+                     pointing_weight=args.pointing_weight, ce_weight=args.ce_weight)
     options = TrainOptions(clip=Path(args.clip), out=Path(args.out),
                            ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
                            init_vlm=Path(args.init_vlm) if args.init_vlm else None,
@@ -327,6 +333,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", choices=REWARDS, default=arch.reward,
                    help="the policy's reward: the batch's summed similarity loss (the paper) or each [SEG]'s own")
     p.add_argument("--policy-weight", type=float, default=arch.policy_weight, help="weight of the REINFORCE loss")
+    p.add_argument("--ce-weight", type=float, default=arch.ce_weight,
+                   help="weight of the [SEG]/[REJ] answer's cross-entropy (the paper's 1)")
     p.add_argument("--pointing-weight", type=float, default=arch.pointing_weight,
                    help="weight of the softmax-over-image-tokens loss (not in the paper; 0: the paper's losses)")
     p.add_argument("--policy-init", type=float, default=arch.policy_init,

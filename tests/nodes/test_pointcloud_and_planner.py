@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nodes.pointcloud import PointCloudNode
-from nodes.waypoint_planner import GeometricPlanner, footprint
+from nodes.waypoint_planner import GeometricPlanner, footprint, largest_cluster
 from pipeline.harness import NodeHarness
 from pipeline.messages import Frame, PointCloud, RobotState
 from sim.pointcloud import invert_transform, pose_to_matrix, quat_to_matrix, transform_points
@@ -83,6 +83,27 @@ def test_grasp_waypoint_is_inside_the_cube_and_aligned_with_its_faces(yaw):
     np.testing.assert_allclose(base[2][:3, 3] - grasp[:3, 3], [0, 0, 0.08], atol=1e-6)
     np.testing.assert_allclose(base[3][:3, 3], [0.05, -0.1, 0.25], atol=1e-6)
     assert list(plan.poses[:, 7]) == [1.0, -1.0, -1.0, -1.0]
+
+
+def test_a_mask_spilling_onto_a_neighbour_plans_for_the_cube_it_mostly_covers():
+    """Target points on the named cube and a few on a cube 8.5 cm away (a learned mask's spill): the grasp is
+    at the named cube's centre, and the spilled points are counted."""
+    centre, neighbour = np.array([0.1, 0.05, 0.02]), np.array([0.1, -0.035, 0.02])
+    spill = cube_points(neighbour, 0.3, n=5)[:20]
+    cloud, state = planner_inputs(np.concatenate([cube_points(centre, 0.0), spill]))
+    for radius, expect in ((0.025, centre), (None, None)):
+        harness = NodeHarness(GeometricPlanner, {"cluster_radius_m": radius})
+        harness.send("state", state)
+        plan = harness.send("cloud", cloud)[0].message
+        grasp = transform_points(plan.T_base_frame, plan.poses[1:2, :3].astype(np.float64))[0]
+        if expect is not None:
+            np.testing.assert_allclose(grasp, expect, atol=2e-3)
+            assert harness.node.counters["target_points_off_cluster"] == len(spill)
+        else:  # every point: the footprint spans both cubes
+            assert abs(grasp[1] - centre[1]) > 0.01
+    two = np.array([[0, 0, 0], [0.01, 0, 0], [0.02, 0, 0], [0.2, 0, 0]], float)
+    np.testing.assert_array_equal(largest_cluster(two, 0.015), two[:3])
+    assert len(largest_cluster(two[:1], 0.015)) == 1
 
 
 def test_an_invisible_target_gives_an_invalid_plan_that_says_so():

@@ -15,6 +15,11 @@ from robot.interface import RobotObservation
 from sim.maniskill_robot import ManiSkillRobot
 
 SEEDS = (0, 1, 2, 3)
+UGROUND_SEEDS = (1000, 1001, 1002, 1003, 1004)  # past the grounded stills' seeds (train 0–873, held out 4–999)
+#: the shipped model on seeds 1000–1009 (measured): IoU with the truth 0.67 on average, 11 % of its mask's pixels
+#: on other cubes; the planner keeps the largest cluster of the flagged points, so a spill does not move the grasp
+UGROUND_MIN_MEAN_IOU = 0.5
+UGROUND_MAX_ON_DISTRACTORS = 0.25
 GRAPH = "configs/grounded_pick.yaml"
 
 
@@ -102,6 +107,29 @@ def test_the_colour_baseline_agrees_with_the_oracle_on_rendered_frames(robot):
             assert found.found and iou > 0.9, (seed, present, iou)
         for absent in sorted(set(robot.env.cubes) - set(robot.env.scene_colours)):
             assert not colour.ground(frame, f"pick the {absent} cube").found, (seed, absent)
+
+
+@pytest.mark.slow
+def test_the_shipped_uground_finds_the_named_cube_on_rendered_frames(robot):
+    """The graph's UGround (crop, mode) against the simulator's segmentation, on seeds it never trained on:
+    the named cube's mask overlaps the truth and stays off the other cubes."""
+    from pipeline.graph import load_graph
+
+    uground = make_grounder(UGROUND, load_graph(GRAPH).nodes["grounding"].params.options[UGROUND])
+    oracle = make_grounder(ORACLE)
+    ious, on_distractors = [], []
+    for seed in UGROUND_SEEDS:
+        robot.reset(seed=seed)
+        frame = frame_of(robot, robot.get_observation())
+        for present in robot.env.scene_colours:
+            truth, found = oracle.ground(frame, f"pick the {present} cube"), uground.ground(frame, f"pick the {present} cube")
+            assert found.found, (seed, present, found.reason)
+            ious.append((truth.mask & found.mask).sum() / (truth.mask | found.mask).sum())
+            others = np.any([oracle.ground(frame, f"pick the {c} cube").mask for c in robot.env.scene_colours
+                             if c != present], axis=0)
+            on_distractors.append((found.mask & others).sum() / found.mask.sum())
+    assert np.mean(ious) > UGROUND_MIN_MEAN_IOU, ious
+    assert np.mean(on_distractors) < UGROUND_MAX_ON_DISTRACTORS, on_distractors
 
 
 @pytest.mark.slow
