@@ -117,9 +117,7 @@ class UGroundNode(TargetGrounding):
 
     Params = UGroundParams
 
-    def setup(self) -> None:
+    def build_grounder(self) -> UGroundGrounder:
         p = self.params
-        self.grounder = UGroundGrounder(p.model, p.device, p.mode, p.mask_prompt, p.num_threads, p.crop,
-                                        p.image_size, min_pixels=p.min_pixels)
-        self.instructions: dict[int, str] = {}  # episode -> expression (TargetGrounding's state)
-        self.pending = None  # the newest frame still waiting for its episode's expression
+        return UGroundGrounder(p.model, p.device, p.mode, p.mask_prompt, p.num_threads, p.crop, p.image_size,
+                               min_pixels=p.min_pixels)

@@ -5,6 +5,7 @@ it was trained on shapes-world stills, not on these frames)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -130,6 +131,16 @@ def test_the_node_waits_for_its_episodes_instruction_then_masks_each_frame():
     assert absent == []
     later = harness.send("frame", scene_frame(step=0, episode=1))[0].message
     assert later.masks.shape == (0, SIZE, SIZE) and later.scores.shape == (0,) and later.reason.startswith("absent")
+
+
+def test_an_absent_target_is_a_warning_once_per_episode_and_counted_every_frame(caplog):
+    harness = NodeHarness(TargetGrounding, {"grounder": COLOR, "instruction": "pick the red cube"})
+    with caplog.at_level(logging.DEBUG, logger="groundloop.node"):
+        for episode, step in ((0, 0), (0, 1), (0, 2), (1, 0)):
+            assert harness.send("frame", scene_frame(step=step, episode=episode))[0].message.reason.startswith("absent")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "red" in r.getMessage()]
+    assert [r.getMessage().split(":")[0] for r in warnings] == ["episode 0 step 0", "episode 1 step 0"]
+    assert harness.node.counters["absent"] == 4
 
 
 SHIPPED_UGROUND = {"model": "models/uground_shapes", "device": "cpu"}
