@@ -76,12 +76,12 @@ class UGroundGrounder(ImageGrounder):
         from PIL import Image
 
         from nodes.uground.evaluate import predict
+        from sim.grounded_stills import crop_resize
 
         rgb = np.asarray(rgb)
-        x0, y0, x1, y1 = crop_box(self.crop, rgb.shape)
-        view = rgb[y0:y1, x0:x1]
-        if self.image_size is not None:
-            view = np.asarray(Image.fromarray(view).resize((self.image_size, self.image_size), Image.Resampling.BOX))
+        box = x0, y0, x1, y1 = crop_box(self.crop, rgb.shape)
+        # the stills' own crop and resize, so the model sees what it trained on
+        view = rgb[y0:y1, x0:x1] if self.image_size is None else crop_resize(rgb, box, self.image_size, nearest=False)
         expression = referring_expression(instruction)
         batch = self.encoder.encode([view], [expression])
         prediction = predict(self.model, self.encoder, batch, [self.variant], self.device)[self.variant.name][0]
