@@ -1,5 +1,6 @@
-"""Frame selection for offline video QA, measured: uniform sampling, CLIP top-k, A.I.R. and
-Video-in-the-Loop at equal frame budgets on held-out shapes-world videos, with one CLIP and one VLM.
+"""Frame selection for offline video QA, measured: uniform sampling, CLIP top-k, A.I.R. (with and
+without its time anchors, which are not in the paper) and Video-in-the-Loop at equal frame budgets on
+held-out shapes-world videos, with one CLIP and one VLM.
 
 The videos come from held-out seeds far above any training run's range, generated once into --data
 (deterministic, reused). Every method picks at most B frames per question and the VLM answers from
@@ -7,6 +8,7 @@ them (ViTL answers in its own second stage, as its node does). Per method and bu
 - evidence recall: the share of the question's evidence spans holding at least one selected frame
   (a "how many times" question needs every appearance seen), averaged over questions;
 - evidence precision: the share of selected frames whose time falls in one of the question's spans;
+- the recall apart on the questions that name a moment ("at about 2:34") and on the rest;
 - QA accuracy: the VLM's choice is the scripted answer;
 - VLM calls and wall time per video (all its questions; a CLIP method pays the video's prescan once),
   and A.I.R.'s analysis calls per question (one question is one A.I.R. run) against C·I_max.
@@ -14,7 +16,8 @@ Frames are decoded once per video into memory and served to every method alike (
 reported apart), so the figures compare selection, not decoding. Each video–question pair is one
 A.I.R. run, as in the paper's benchmarks where a video has one question.
 
-    python benchmarks/frame_selection.py [--quick] [--clip DIR] [--vlm DIR] [--videos N] [--budgets 8,16,32]
+    python benchmarks/frame_selection.py [--quick] [--clip DIR] [--vlm DIR] [--videos N] [--seconds S]
+                                         [--budgets 8,16,32] [--methods uniform,air,...]
 
 A table, then one JSON object with every figure as the last line.
 """
@@ -34,16 +37,18 @@ import numpy as np
 from nodes.air.analysis import COUNTER_VLM_CALLS, VlmFrameAnalyser
 from nodes.air.config import AirConfig
 from nodes.air.selector import select_frames_air
+from nodes.air.time_anchor import question_moments
 from nodes.clip.embedder import ClipEmbedder
 from nodes.video_decode import iter_frames, select_frames
 from nodes.video_qa import answer_prompt, fetch_images, vote_on_answers
 from nodes.vitl import VitlParams, video_in_the_loop
 from nodes.vlm import VlmAdapter
 
-UNIFORM, CLIP_TOPK, AIR, VITL = "uniform", "clip_topk", "air", "vitl"
-METHODS = (UNIFORM, CLIP_TOPK, AIR, VITL)
-CLIP_METHODS = (CLIP_TOPK, AIR)  # these pay the video's CLIP prescan
-LABELS = {UNIFORM: "uniform", CLIP_TOPK: "CLIP top-k", AIR: "A.I.R.", VITL: "Video-in-the-Loop"}
+UNIFORM, CLIP_TOPK, AIR, AIR_PAPER, VITL = "uniform", "clip_topk", "air", "air_paper", "vitl"
+METHODS = (UNIFORM, CLIP_TOPK, AIR, AIR_PAPER, VITL)
+CLIP_METHODS = (CLIP_TOPK, AIR, AIR_PAPER)  # these pay the video's CLIP prescan
+LABELS = {UNIFORM: "uniform", CLIP_TOPK: "CLIP top-k", AIR: "A.I.R.", AIR_PAPER: "A.I.R., no anchors",
+          VITL: "Video-in-the-Loop"}
 DEFAULT_CLIP, DEFAULT_VLM = "models/clip_shapes", "models/vlm_shapes"
 TRAIN_COMMANDS = {"clip": "groundloop train clip --out {path}", "vlm": "groundloop train vlm --out {path}"}
 MODEL_MARKER = "config.json"
@@ -198,12 +203,13 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
         return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), item)
     if method == CLIP_TOPK:
         return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), item)
-    if method == AIR:
+    if method in (AIR, AIR_PAPER):
         S = np.full(len(frames.times_s), np.nan)
         S[scan.indices] = scores
         analyser = VlmFrameAnalyser(vlm, frames.image, item.question, item.options,
                                     times_s=frames.times_s if settings.air.frame_time else None)
-        selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget)
+        moments = question_moments(item.question) if method == AIR else []
+        selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget, moments_s=moments)
         answered = answer_from(vlm, frames, selected.frame_indices, item)
         calls = analyser.counts[COUNTER_VLM_CALLS]
         return Outcome(answered.frames, answered.choice, calls + answered.vlm_calls, calls)
@@ -222,8 +228,12 @@ def summarise(rows: list[dict[str, Any]], n_videos: int, prescan_s: float, metho
     """The figures of one method at one budget from its per-question rows."""
     seconds = sum(r["seconds"] for r in rows) + (prescan_s if method in CLIP_METHODS else 0.0)
     calls = sum(r["vlm_calls"] for r in rows)
+    by_moment = {anchored: [r["recall"] for r in rows if r["names_moment"] == anchored] for anchored in (True, False)}
     return {
         "evidence_recall": float(np.mean([r["recall"] for r in rows])),
+        "evidence_recall_moment_questions": float(np.mean(by_moment[True])) if by_moment[True] else None,
+        "evidence_recall_other_questions": float(np.mean(by_moment[False])) if by_moment[False] else None,
+        "moment_questions": len(by_moment[True]),
         "evidence_precision": float(np.mean([r["precision"] for r in rows])),
         "qa_accuracy": float(np.mean([r["correct"] for r in rows])),
         "frames_per_question": float(np.mean([r["n_frames"] for r in rows])),
@@ -274,7 +284,8 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
                 kept.append({"recall": evidence_recall(times, item.evidence), "n_frames": len(outcome.frames),
                              "precision": evidence_precision(times, item.evidence), "seconds": seconds,
                              "correct": outcome.choice == item.answer, "vlm_calls": outcome.vlm_calls,
-                             "analysis_calls": outcome.analysis_calls})
+                             "analysis_calls": outcome.analysis_calls,
+                             "names_moment": bool(question_moments(item.question))})
             bar.update()
     bar.close()
     n_videos = max(len(cases), 1)
@@ -326,14 +337,15 @@ def _met(met: bool) -> str:
 
 
 def print_table(report: dict[str, Any], settings: Settings) -> None:
-    print(f"\n{'budget':>6}  {'method':<18}{'ev. recall':>11}{'ev. prec.':>10}{'QA acc.':>9}{'frames':>8}"
-          f"{'VLM calls/video':>17}{'wall s/video':>14}")
+    print(f"\n{'budget':>6}  {'method':<20}{'ev. recall':>11}{'(moment q.)':>12}{'(other q.)':>11}{'ev. prec.':>10}"
+          f"{'QA acc.':>9}{'frames':>8}{'VLM calls/video':>17}{'wall s/video':>14}")
     for budget in settings.budgets:
         for method in settings.methods:
             f = report["results"][method][budget]
-            print(f"{budget:>6}  {LABELS[method]:<18}{f['evidence_recall']:>11.3f}{f['evidence_precision']:>10.3f}"
-                  f"{f['qa_accuracy']:>9.3f}{f['frames_per_question']:>8.1f}{f['vlm_calls_per_video']:>17.1f}"
-                  f"{f['wall_s_per_video']:>14.2f}")
+            print(f"{budget:>6}  {LABELS[method]:<20}{f['evidence_recall']:>11.3f}"
+                  f"{_fmt(f['evidence_recall_moment_questions'], '.3f'):>12}{_fmt(f['evidence_recall_other_questions'], '.3f'):>11}"
+                  f"{f['evidence_precision']:>10.3f}{f['qa_accuracy']:>9.3f}{f['frames_per_question']:>8.1f}"
+                  f"{f['vlm_calls_per_video']:>17.1f}{f['wall_s_per_video']:>14.2f}")
     for budget, c in report["comparisons"].items():
         if not c:
             continue
@@ -355,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help=f"length of each video (default {DEFAULT_SECONDS:g})")
     parser.add_argument("--questions-per-video", type=int, default=None, help=f"default {DEFAULT_QUESTIONS}")
     parser.add_argument("--budgets", default=None, help="comma-separated frame budgets (default 8,16,32)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--prescan-fps", type=float, default=PRESCAN_FPS)
     parser.add_argument("--device", default="auto", help="torch device of both models")
     parser.add_argument("--no-progress", action="store_true")
@@ -368,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     n_videos = args.videos or (QUICK_VIDEOS if args.quick else DEFAULT_VIDEOS)
     seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
     n_questions = args.questions_per_video or (QUICK_QUESTIONS if args.quick else DEFAULT_QUESTIONS)
-    settings = Settings(budgets=budgets, prescan_fps=args.prescan_fps, vlm_spec={"hf": args.vlm, "device": args.device})
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    settings = Settings(budgets=budgets, methods=methods, prescan_fps=args.prescan_fps,
+                        vlm_spec={"hf": args.vlm, "device": args.device})
     started = time.monotonic()
 
     from nodes.clip.embedder import load_embedder
@@ -387,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report, settings)
     report.update(benchmark="frame_selection", quick=args.quick, clip=args.clip, vlm=args.vlm, seeds=seeds,
                   video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps,
-                  air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max},
+                  air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max,
+                              "time_anchor_weight": settings.air.time_anchor_weight,
+                              "time_anchor_width_s": settings.air.time_anchor_width_s},
                   elapsed_s=time.monotonic() - started)
     print(json.dumps(report, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     return 0

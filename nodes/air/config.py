@@ -65,6 +65,13 @@ class AirConfig:
       the frame is in the video ("The frame is at 0:12 of the video."). The paper's prompt carries
       no time, so a question about a moment ("what appeared at about 0:12?") cannot be judged from
       one frame: the frame that shows it and one a minute later look alike.
+    Time anchors: NOT IN THE PAPER, on by default (`time_anchor_weight` > 0): when the question names
+      moments ("at about 2:34"), S is blended with a Gaussian prior of σ = time_anchor_width_s around
+      them before the coarse stage (nodes/air/time_anchor.py), because CLIP cannot read a clock either.
+      The weight 2/3 lets the named moment outrank any frame CLIP alone favours (a frame at the moment
+      scores at least 2/3, one CLIP rates best elsewhere at most 1/3), while CLIP still orders the
+      frames around the moment; σ = 2 s covers a moment said to the second ("about") with the seconds
+      either side of it.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # a misspelt key in a graph's params is an error
@@ -88,6 +95,8 @@ class AirConfig:
     beta: float = 1.5
     lds_ratio: float = 1.0
     frame_time: bool = True
+    time_anchor_weight: float = 2 / 3
+    time_anchor_width_s: float = 2.0
 
     def __post_init__(self) -> None:
         positive_ints = {"v_min": self.v_min, "v_max": self.v_max, "gmm_max_iter": self.gmm_max_iter,
@@ -103,8 +112,10 @@ class AirConfig:
         for name, value in non_negative.items():
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not (self.short_video_s > 0 and self.alpha_min_s > 0):
-            raise ValueError("short_video_s and alpha_min_s must be > 0")
+        if not (self.short_video_s > 0 and self.alpha_min_s > 0 and self.time_anchor_width_s > 0):
+            raise ValueError("short_video_s, alpha_min_s and time_anchor_width_s must be > 0")
+        if not 0 <= self.time_anchor_weight <= 1:
+            raise ValueError(f"time_anchor_weight must lie in [0, 1], got {self.time_anchor_weight}")
         if not self.beta > 1:
             raise ValueError(f"beta must be > 1 (offsets must grow), got {self.beta}")
         if not 1 <= self.theta <= 5:

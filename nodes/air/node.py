@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nodes.air.analysis import ANALYSIS_TOKENS, Judgement, VlmFrameAnalyser
 from nodes.air.config import AirConfig
 from nodes.air.selector import SelectedFrame, evidence_spans, select_frames_air
+from nodes.air.time_anchor import question_moments
 from nodes.video_qa import DEFAULT_MAX_SIDE, OPTION_LETTERS, VideoFrames
 from nodes.vlm import SharedVlm, VlmAdapter
 from nodes.vlm.adapter import parse_vlm_spec
@@ -102,7 +103,8 @@ class AirFrameSelection(Node):
             self.report_progress(len(judged), bound, PROGRESS_UNIT)
             return analyser(frame)
 
-        result = select_frames_air(S, self.frames.times_s, analyse, p.air, budget=p.budget)
+        result = select_frames_air(S, self.frames.times_s, analyse, p.air, budget=p.budget,
+                                   moments_s=question_moments(p.question))
         self.report_progress(len(judged), len(judged), PROGRESS_UNIT)  # done: it may stop below the bound
         for name, n in analyser.counts.items():
             self.count(name, n)

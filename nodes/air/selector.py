@@ -4,12 +4,14 @@ density sampling. The VLM therefore judges at most C · I_max frames per video.
 
 The loop works on the sparse score vector S over all N frames (NaN: not scored). The paper scores the
 frames that density sampling adds with CLIP; pass `rescore` to do that. Without it, density sampling
-draws only from frames the prescan already scored (so a denser prescan lets it look closer).
+draws only from frames the prescan already scored (so a denser prescan lets it look closer). With
+`moments_s`, the times the question names, S is blended with their prior first (nodes/air/time_anchor.py,
+NOT IN THE PAPER); each selected frame still reports its own CLIP score.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +22,7 @@ from nodes.air.coarse import (Event, Gmm1d, adaptive_budget, find_events, fit_gm
 from nodes.air.config import AirConfig
 from nodes.air.refine import (Candidate, classify, density_frames, intervals_between, interval_potentials,
                               keep_top, lds_alpha, pick_candidates, share_evenly, validate)
+from nodes.air.time_anchor import TimeAnchor
 
 STOP_BUDGET = "budget_reached"  # early stop: |F*| ≥ B
 STOP_MAX_ITERATIONS = "max_iterations"
@@ -111,10 +114,12 @@ def _density_sample(validated: list[Candidate], S: np.ndarray, times_s: np.ndarr
 
 
 def select_frames_air(S: np.ndarray, times_s: np.ndarray, analyse: FrameAnalyser, config: AirConfig = AirConfig(), *,
-                      budget: int | None = None, rescore: Rescorer | None = None) -> AirResult:
+                      budget: int | None = None, rescore: Rescorer | None = None,
+                      moments_s: Sequence[float] = ()) -> AirResult:
     """Run A.I.R. on the scores `S` (N,) of a video whose frames are at `times_s` (N,), rising.
 
-    `analyse(frame)` judges one frame (one VLM call); `budget` fixes B instead of the adaptive rule.
+    `analyse(frame)` judges one frame (one VLM call); `budget` fixes B instead of the adaptive rule;
+    `moments_s` are the times the question names (`time_anchor.question_moments`).
     """
     S = np.array(S, dtype=np.float64)
     times_s = np.asarray(times_s, dtype=np.float64)
@@ -125,6 +130,11 @@ def select_frames_air(S: np.ndarray, times_s: np.ndarray, analyse: FrameAnalyser
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
     n_frames = len(S)
+    clip_scores = S.copy()
+    anchor = None
+    if len(moments_s) and config.time_anchor_weight > 0:
+        anchor = TimeAnchor.fit(S, times_s, moments_s, weight=config.time_anchor_weight, width_s=config.time_anchor_width_s)
+        S = anchor.blend(S, np.arange(n_frames))
     eligible = np.ones(n_frames, bool) if rescore is not None else np.isfinite(S)
     chosen_budget = budget if budget is not None else adaptive_budget(float(times_s[-1] - times_s[0]), config)
     trace = _coarse(S, times_s, min(chosen_budget, int(eligible.sum())), config)
@@ -159,11 +169,13 @@ def select_frames_air(S: np.ndarray, times_s: np.ndarray, analyse: FrameAnalyser
         added = _density_sample([candidates[i] for i in positives + fillers], S, times_s, eligible, pool,
                                 B - len(final), config)
         if rescore is not None and added:
-            S[added] = rescore(np.array(added, np.int64))
+            frames_added = np.array(added, np.int64)
+            clip_scores[frames_added] = rescore(frames_added)
+            S[frames_added] = anchor.blend(clip_scores[frames_added], frames_added) if anchor else clip_scores[frames_added]
             added = [frame for frame in added if np.isfinite(S[frame])]
         step.added = added
         pool.update(added)
-    frames = [SelectedFrame(f, float(times_s[f]), float(S[f]), judged[f].score, f in filled, judged[f].reason)
+    frames = [SelectedFrame(f, float(times_s[f]), float(clip_scores[f]), judged[f].score, f in filled, judged[f].reason)
               for f in sorted(final)]
     return AirResult(frames, trace)
 

@@ -50,15 +50,19 @@ def test_uniform_takes_segment_centres_and_topk_the_best_scores_in_time_order():
     assert fs.topk_frames(indices, np.array([0.9, 0.1, 0.2, 0.8]), 2).tolist() == [0, 30]
 
 
-def row(recall: float, precision: float, correct: bool, calls: int, analysis: int = 0, seconds: float = 1.0) -> dict:
+def row(recall: float, precision: float, correct: bool, calls: int, analysis: int = 0, seconds: float = 1.0,
+        names_moment: bool = False) -> dict:
     return {"recall": recall, "precision": precision, "correct": correct, "vlm_calls": calls,
-            "analysis_calls": analysis, "seconds": seconds, "n_frames": 8}
+            "analysis_calls": analysis, "seconds": seconds, "n_frames": 8, "names_moment": names_moment}
 
 
 def test_summaries_average_per_question_and_charge_the_prescan_to_clip_methods_only():
-    rows = [row(1.0, 0.5, True, 10, 9), row(0.5, 0.25, False, 20, 19)]
+    rows = [row(1.0, 0.5, True, 10, 9, names_moment=True), row(0.5, 0.25, False, 20, 19)]
     air = fs.summarise(rows, n_videos=2, prescan_s=3.0, method=fs.AIR)
     assert air["evidence_recall"] == 0.75 and air["evidence_precision"] == 0.375 and air["qa_accuracy"] == 0.5
+    assert air["evidence_recall_moment_questions"] == 1.0 and air["evidence_recall_other_questions"] == 0.5
+    assert air["moment_questions"] == 1
+    assert fs.summarise(rows[1:], 1, 0.0, fs.AIR)["evidence_recall_moment_questions"] is None
     assert air["vlm_calls_per_video"] == 15 and air["vlm_calls_per_question"] == 15
     assert air["analysis_calls_max_per_question"] == 19 and air["wall_s_per_video"] == pytest.approx(2.5)
     uniform = fs.summarise(rows, n_videos=2, prescan_s=3.0, method=fs.UNIFORM)

@@ -53,6 +53,15 @@ def test_a_selection_from_decoded_frames(selector):
     assert harness.metrics["counters"] == {"vlm_calls": 2, "selections": 1}
 
 
+def test_a_moment_named_in_the_question_moves_the_selection_there(selector):
+    # CLIP's bump is at 1.0–1.4 s, the question asks about 0:02; with a narrow anchor the frames
+    # around 2.0 s outrank the bump, and the VLM (every frame 4) validates the first two judged
+    harness = selector(frame_scores({f: 4 for f in range(N_FRAMES)}), question="What is on screen at about 0:02?",
+                       air={"candidates": 2, "i_max": 2, "time_anchor_width_s": 0.2})
+    selection = harness.send("scores", bump_scores())[0].message
+    assert all(abs(f - 20) <= 1 for f in selection.frame_indices.tolist())
+
+
 def test_malformed_answers_are_counted_and_filled_up(selector):
     harness = selector(lambda frames, prompt: "Score: 11, very relevant" if frames[0] == 10 else "dunno")
     selection = harness.send("scores", bump_scores())[0].message
