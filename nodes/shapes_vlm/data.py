@@ -27,13 +27,15 @@ frame is: the prompt says it (A.I.R.'s `frame_time`), and the held-out metrics r
 within-±1 agreement.
 
 Splits are the shapes world's seed splits: training draws train-split scenes only, evaluation
-held-out ones only.
+held-out ones only. Scenes last one of `SCENE_SECONDS` (chosen by the seed): the benchmark's videos run
+to several minutes, and a model that has only seen 1-minute scenes has never read a frame time or a
+question's "at about 4:38" past 1:00.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -66,6 +68,8 @@ QA_FRAMES = 4
 FRAME_TIME_P = 0.8  # relevance prompts that say where the frame is (A.I.R.'s node does by default)
 TIMESTAMPS_P = 0.5  # QA prompts that state the frames' times (Video-in-the-Loop does, the QA node does not)
 IGNORE_INDEX = -100  # label of a token that is not part of an answer: no loss
+SCENE_SECONDS = (60.0, 120.0, 300.0, 600.0)  # scene lengths, one per seed (see ShapesTasks.duration_s)
+DURATION_STREAM = 11  # the seed's random stream that picks its scene length, apart from the script's
 LABEL = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
 
 
@@ -161,15 +165,22 @@ class ShapesTasks:
     """Examples of every task from one split's scenes; scripts and questions are made on first use."""
 
     def __init__(self, split: str, n_scenes: int, frame_size: int = 224, qa_frames: int = QA_FRAMES,
-                 seed_start: int = 0):
+                 seed_start: int = 0, scene_seconds: tuple[float, ...] = SCENE_SECONDS):
+        if not scene_seconds or min(scene_seconds) <= 0:
+            raise ValueError(f"scene_seconds must hold positive lengths, got {scene_seconds}")
         self.config = SceneConfig(width=frame_size, height=frame_size)
         self.seeds = seeds_for(split, n_scenes, seed_start)
         self.qa_frames = qa_frames
+        self.scene_seconds = tuple(scene_seconds)
         self._scenes: dict[int, SceneInfo] = {}
+
+    def duration_s(self, seed: int) -> float:
+        """The length of the seed's scene, one of `scene_seconds`, fixed by the seed."""
+        return self.scene_seconds[int(np.random.default_rng([seed, DURATION_STREAM]).integers(len(self.scene_seconds)))]
 
     def info(self, seed: int) -> SceneInfo:
         if seed not in self._scenes:
-            scene = make_scene(self.config, seed)
+            scene = make_scene(replace(self.config, duration_s=self.duration_s(seed)), seed)
             self._scenes[seed] = SceneInfo(scene, make_questions(scene))
         return self._scenes[seed]
 

@@ -34,7 +34,8 @@ from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
 from nodes.model_dir import atomic_torch_save, load_train_state, resolve_device
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
-from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, Batch, Encoder, ShapesTasks
+from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, SCENE_SECONDS, Batch, Encoder,
+                                   ShapesTasks)
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     read_meta, save_vlm_dir)
 from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
@@ -93,6 +94,7 @@ class TrainOptions:
     eval_captions: int = 100
     frame_size: int = 224  # the shapes-world video size frames are drawn at
     qa_frames: int = QA_FRAMES
+    scene_seconds: tuple[float, ...] = SCENE_SECONDS
     log_every: int = 25
     eval_every: int = 500
     checkpoint_every: int = 250
@@ -283,8 +285,10 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
         step, stage_index, stage_start = state["step"], state["stage"], state["stage_start"]
         elapsed_s, curve, last_eval = state["elapsed_s"], state["curve"], state["heldout"]
     model.to(device).train()
-    train_tasks = ShapesTasks(TRAIN, options.train_scenes, options.frame_size, options.qa_frames)
-    eval_tasks = ShapesTasks(HELDOUT, options.eval_scenes, options.frame_size, options.qa_frames)
+    train_tasks = ShapesTasks(TRAIN, options.train_scenes, options.frame_size, options.qa_frames,
+                              scene_seconds=options.scene_seconds)
+    eval_tasks = ShapesTasks(HELDOUT, options.eval_scenes, options.frame_size, options.qa_frames,
+                             scene_seconds=options.scene_seconds)
     options.run_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     minutes = "-" if options.budget_s is None else f"{options.budget_s / 60:.1f} min"
@@ -298,7 +302,8 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
                           "parameters": n_params, "clip": str(options.clip), "batch_size": options.batch_size,
                           "init": str(options.init) if options.init is not None else None,
                           "stages": [asdict(stage) for stage in options.stages],
-                          "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed},
+                          "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed,
+                          "scene_seconds": list(options.scene_seconds)},
                 "heldout": last_eval}
         save_vlm_dir(model, processor, config, options.out, meta)
         atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
@@ -373,7 +378,8 @@ def _options_from_args(args: argparse.Namespace) -> TrainOptions:
                         steps=args.steps, stages=stages, batch_size=args.batch_size, lr=args.lr,
                         vision_lr=args.vision_lr, train_scenes=args.train_scenes, eval_scenes=args.eval_scenes,
                         eval_relevance=args.eval_relevance, eval_qa=args.eval_qa, eval_captions=args.eval_captions,
-                        frame_size=args.frame_size, qa_frames=args.qa_frames, log_every=args.log_every,
+                        frame_size=args.frame_size, qa_frames=args.qa_frames,
+                        scene_seconds=tuple(float(v) for v in args.scene_seconds.split(",")), log_every=args.log_every,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
                         device=args.device, threads=args.threads, data_workers=args.data_workers,
                         resume=args.resume, progress=not args.no_progress)
@@ -419,6 +425,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-captions", type=int, default=defaults.eval_captions, help="held-out caption examples")
     p.add_argument("--frame-size", type=int, default=defaults.frame_size, help="side of the frames drawn (px)")
     p.add_argument("--qa-frames", type=int, default=defaults.qa_frames, help="frames per question")
+    p.add_argument("--scene-seconds", default=",".join(f"{v:g}" for v in defaults.scene_seconds),
+                   help="comma-separated scene lengths, one drawn per scene by its seed")
     p.add_argument("--hidden-size", type=int, default=arch.hidden_size, help="width of the language model")
     p.add_argument("--layers", type=int, default=arch.layers, help="language-model layers")
     p.add_argument("--heads", type=int, default=arch.heads)

@@ -104,3 +104,15 @@ def test_a_batch_holds_one_task_and_labels_only_the_answer(tiny_clip_dir) -> Non
     assert ((batch.input_ids == image_id).sum(1) == 3 * image_tokens(model.config.vision_config)).all()
     with pytest.raises(ValueError, match="one task"):
         encoder.batch([tasks.sample(CAPTION, rng), tasks.sample(RELEVANCE, rng)])
+
+
+def test_scene_lengths_are_drawn_by_seed_from_the_given_set() -> None:
+    tasks = ShapesTasks(TRAIN, 40, frame_size=TINY_FRAME_PX, scene_seconds=(60.0, 300.0))
+    lengths = {seed: tasks.duration_s(seed) for seed in tasks.seeds}
+    assert set(lengths.values()) == {60.0, 300.0}
+    again = ShapesTasks(TRAIN, 40, frame_size=TINY_FRAME_PX, scene_seconds=(60.0, 300.0))
+    assert all(again.duration_s(seed) == length for seed, length in lengths.items())
+    long_seed = next(seed for seed, length in lengths.items() if length == 300.0)
+    assert tasks.info(long_seed).scene.config.n_frames == 300 * tasks.config.fps
+    with pytest.raises(ValueError, match="scene_seconds"):
+        ShapesTasks(TRAIN, 4, frame_size=TINY_FRAME_PX, scene_seconds=())
