@@ -71,3 +71,16 @@ def test_without_a_moment_or_with_weight_zero_the_paper_selection_stands():
 def test_bad_anchor_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         AirConfig(**{field: value})
+
+
+def test_frames_rescored_by_density_sampling_blend_on_the_prescan_scale():
+    S = np.full(240, np.nan)  # 60 s at 4 fps, scanned at 1 fps; CLIP's bump at 40–45 s
+    S[::4] = 0.1
+    S[160:184:4] = 0.3
+    frames = IndexedFrames(240, 4.0)
+    analyse = VlmFrameAnalyser(RuleVlm(frame_scores({f: 4 for f in range(240)})), frames.image, "at about 0:12?", [])
+    result = select_frames_air(S, frames.times_s, analyse, AirConfig(candidates=4, i_max=3), budget=8,
+                               rescore=lambda f: np.full(len(f), 0.2), moments_s=[12.0])
+    rescored = [f for f in result.frames if f.frame % 4]
+    assert rescored and all(f.clip_score == 0.2 for f in rescored)
+    assert all(abs(f.time_s - 12.0) <= 3.0 for f in result.frames)
