@@ -58,8 +58,8 @@ DEFAULT_BUDGETS, QUICK_BUDGETS = (8, 16, 32), (8,)
 DEFAULT_VIDEOS, QUICK_VIDEOS = 8, 2
 #: 5 min, where A.I.R.'s adaptive budget reaches V_max; at 60 s, 32 uniform frames (one per 1.9 s) already
 #: hit every 2-s evidence span, so no selection could show a gain there
-DEFAULT_SECONDS, QUICK_SECONDS = 300.0, 20.0
-DEFAULT_QUESTIONS, QUICK_QUESTIONS = 4, 1  # per video, drawn by the video's seed
+DEFAULT_SECONDS, QUICK_SECONDS = 300.0, 300.0
+DEFAULT_QUESTIONS, QUICK_QUESTIONS = 4, 2  # per video, drawn by the video's seed
 PRESCAN_FPS = 1.0  # A.I.R.'s scan rate
 PRESCAN_BATCH = 32
 TARGET_RECALL_GAIN_PTS = 20.0  # A.I.R. over uniform, evidence recall, same budget
@@ -361,7 +361,7 @@ def print_table(report: dict[str, Any], settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 short videos, 1 question each, budget 8 (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="2 videos, 2 questions each, budget 8 (about a minute)")
     parser.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model directory")
     parser.add_argument("--vlm", default=DEFAULT_VLM, help="VLM checkpoint directory (Hugging Face format)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="where the held-out videos are generated (reused)")
