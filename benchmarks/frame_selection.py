@@ -194,7 +194,8 @@ def topk_frames(indices: np.ndarray, scores: np.ndarray, budget: int) -> np.ndar
 def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], item: QaItem) -> Outcome:
     """The VLM answers from the chosen frames in time order, as VideoQuestionAnswer asks it."""
     kept, images, _ = fetch_images(frames, sorted(int(i) for i in chosen))
-    vote = vote_on_answers(vlm, images, answer_prompt(item.question, item.options), len(item.options))
+    vote = vote_on_answers(vlm, images, answer_prompt(item.question, item.options), len(item.options),
+                           option_texts=item.options)
     return Outcome(kept, vote.choice, 1)
 
 

@@ -8,6 +8,7 @@ with choice −1, counted, never an exception.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,14 +105,16 @@ class Vote:
 
 
 def vote_on_answers(vlm: VlmAdapter, images: list[np.ndarray], prompt: str, n_options: int, *, n_samples: int = 1,
-                    temperature: float = 0.0, seed: int = 0, max_new_tokens: int = ANSWER_TOKENS) -> Vote:
-    """Ask for `n_samples` answers in one call and take the majority valid choice."""
+                    temperature: float = 0.0, seed: int = 0, max_new_tokens: int = ANSWER_TOKENS,
+                    option_texts: Sequence[str] = ()) -> Vote:
+    """Ask for `n_samples` answers in one call and take the majority valid choice; with `option_texts`,
+    an answer that names one option instead of its letter counts too."""
     try:
         texts = vlm.generate(images, prompt, max_new_tokens=max_new_tokens, n_samples=n_samples,
                              temperature=temperature, seed=seed)
     except Exception as exc:  # noqa: BLE001 — whatever the backend raised, it is a missing answer
         return Vote(None, {}, n_samples, f"{type(exc).__name__}: {exc}")
-    choice, votes = majority_vote(parse_choice(text, n_options) for text in texts)
+    choice, votes = majority_vote(parse_choice(text, n_options, option_texts) for text in texts)
     return Vote(choice, votes, n_samples)
 
 
@@ -188,7 +191,8 @@ class VideoQuestionAnswer(Node):
             self.log.error("frame left out: %s", failure)
         if images:
             vote = vote_on_answers(self.vlm, images, answer_prompt(p.question, p.options), len(p.options),
-                                   n_samples=p.n_samples, temperature=p.temperature, seed=p.seed, max_new_tokens=p.answer_tokens)
+                                   n_samples=p.n_samples, temperature=p.temperature, seed=p.seed, max_new_tokens=p.answer_tokens,
+                                   option_texts=p.options)
         else:
             self.log.error("no answer: none of the %d selected frames could be decoded", len(msg.frame_indices))
             vote = Vote(None, {}, p.n_samples)

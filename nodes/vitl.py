@@ -228,7 +228,8 @@ def video_in_the_loop(vlm: VlmAdapter, frames: FrameSource, params: VitlParams) 
     kept, images, failures = fetch_images(frames, uniform_subset(chosen, params.budget).tolist())
     prompt = answer_prompt(params.question, params.options, [float(times_s[i]) for i in kept])
     vote = vote_on_answers(vlm, images, prompt, len(params.options), n_samples=params.n_samples,
-                           temperature=params.temperature, seed=params.seed, max_new_tokens=params.answer_tokens)
+                           temperature=params.temperature, seed=params.seed, max_new_tokens=params.answer_tokens,
+                           option_texts=params.options)
     return VitlResult(grounding, spans, kept, vote, failures)
 
 

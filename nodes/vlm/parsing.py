@@ -1,6 +1,7 @@
 """Reading structured answers out of a VLM's free text, without trusting it.
 
-Models wrap JSON in code fences, add prose before and after, answer "Score: 4/5" or "(B) the red cube".
+Models wrap JSON in code fences, add prose before and after, answer "Score: 4/5", "(B) the red cube"
+or just "the red cube".
 Every helper here takes any text (or anything at all) and returns the parsed value, or None when the
 text holds no valid one: a malformed answer is an invalid vote, never an exception in the caller's loop.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound=Hashable)
@@ -59,11 +60,25 @@ def _option_index(token: str, n_options: int) -> int | None:
     return index if 0 <= index < n_options else None
 
 
-def parse_choice(text: Any, n_options: int) -> int | None:
-    """The 0-based index of a multiple-choice answer given as a letter (A, B, …) or a 1-based number.
+def _named_option(text: str, option_texts: Sequence[str]) -> int | None:
+    """The one option whose text the answer names as whole words ("It is the blue square." → "blue
+    square"); an option named only inside a longer named option ("red" in "red star") does not count.
+    None when no option, or several, are named."""
+    lowered = text.lower()
+    named = [i for i, option in enumerate(option_texts) if option.strip() and
+             re.search(r"(?<!\w)" + re.escape(option.strip().lower()) + r"(?!\w)", lowered)]
+    longest = [i for i in named if not any(j != i and option_texts[i].strip().lower() in option_texts[j].lower()
+                                           for j in named)]
+    return longest[0] if len(longest) == 1 else None
+
+
+def parse_choice(text: Any, n_options: int, option_texts: Sequence[str] = ()) -> int | None:
+    """The 0-based index of a multiple-choice answer given as a letter (A, B, …) or a 1-based number,
+    or, with `option_texts`, by naming one option's text.
 
     Looked for, in order: after "answer"/"option"/"choice"; at the very start ("B", "(B) …", "2."); a
-    parenthesised capital anywhere ("… so (C)"). A letter or number outside the n options: None.
+    parenthesised capital anywhere ("… so (C)"); then the one option whose text the answer names. A
+    letter or number outside the n options, or an answer naming several options: None.
     """
     if not isinstance(text, str) or n_options < 1:
         return None
@@ -72,7 +87,7 @@ def parse_choice(text: Any, n_options: int) -> int | None:
         match = pattern.search(subject)
         if match is not None:
             return _option_index(match.group(1), n_options)
-    return None
+    return _named_option(text, option_texts[:n_options]) if option_texts else None
 
 
 def majority_vote(values: Iterable[T | None]) -> tuple[T | None, dict[T, int]]:

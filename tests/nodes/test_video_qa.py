@@ -67,6 +67,13 @@ def test_n_samples_are_voted_and_invalid_ones_lower_the_confidence():
     assert failed == Vote(None, {}, 1, "VlmError: HTTP 503") and failed.confidence == 0.0
 
 
+def test_answers_naming_an_option_vote_for_it():
+    vlm = ScriptedVlm(["the blue one", "blue", "C", "green or blue"])
+    vote = vote_on_answers(vlm, [], "p", 4, n_samples=4, temperature=1.0, option_texts=OPTIONS)
+    assert vote.choice == 2 and vote.votes == {2: 3} and vote.confidence == pytest.approx(3 / 4)  # two named: invalid
+    assert vote_on_answers(ScriptedVlm(["blue"]), [], "p", 4).choice is None  # without the options: invalid
+
+
 def test_the_selected_frames_are_answered_in_time_order(answerer):
     harness = answerer(["B", "B) green", "A"], n_samples=3, temperature=0.7)
     (out,) = harness.send("selection", selection([20, 5, 10]))

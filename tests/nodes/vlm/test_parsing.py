@@ -62,6 +62,26 @@ def test_choices(text, choice):
     assert parse_choice(text, 4) == choice
 
 
+OPTIONS = ["red star", "blue square", "red", "12"]
+
+
+@pytest.mark.parametrize("text, choice", [
+    ("the blue square", 1), ("It is the Blue Square.", 1),
+    ("the red star", 0),  # "red" is named only inside "red star"
+    ("red", 2), ("Red, I think", 2),
+    ("12 times", 3), ("2", 1),  # a leading number is still an option number
+    ("the blue square or the red star", None),  # two options: ambiguous
+    ("a green circle", None), ("squares", None),  # no option named as whole words
+    ("B", 1), ("Answer: red star", 0),  # "Answer: r..." is no letter answer; the option's text decides
+])
+def test_choices_by_option_text(text, choice):
+    assert parse_choice(text, 4, OPTIONS) == choice
+
+
+def test_option_texts_beyond_n_options_are_not_choices():
+    assert parse_choice("the blue square", 1, OPTIONS) is None and parse_choice("the blue square", 4) is None
+
+
 def test_majority_vote_ignores_invalid_and_breaks_ties_by_first_seen():
     assert majority_vote([2, None, 3, 3, None, 2, 3]) == (3, {2: 2, 3: 3})
     assert majority_vote(["B", "A", "A", "B"]) == ("B", {"B": 2, "A": 2})
