@@ -27,6 +27,8 @@ def test_garbage_never_raises_and_gives_none_or_a_valid_value(text):
     assert score is None or 1 <= score <= 5
     choice = parse_choice(text, 4)
     assert choice is None or 0 <= choice < 4
+    named = parse_choice(text, 4, ["red", "(x", "", "a b.*"])  # regex metacharacters, an empty option
+    assert named is None or 0 <= named < 4
 
 
 @settings(max_examples=200, deadline=None)
