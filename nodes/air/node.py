@@ -110,9 +110,9 @@ class AirFrameSelection(Node):
             self.count(name, n)
         self.count(COUNTER_SELECTIONS)
         trace = result.trace
-        self.log.info("%s: %d of B=%d frames after %d iterations (%s), %d frames analysed, %d events over T=%.4f",
-                      p.video, len(result.frames), trace.budget, len(trace.iterations), trace.stop_reason, trace.analysed,
-                      len(trace.events), trace.threshold)
+        self.log.info("%s: %d of B=%d frames after %d iterations (%s), %d frames analysed, %d events over T=%.4f, "
+                      "time anchors at %s s", p.video, len(result.frames), trace.budget, len(trace.iterations),
+                      trace.stop_reason, trace.analysed, len(trace.events), trace.threshold, trace.moments_s or "none")
         self.emit("selection", Selection(stamp_ns=msg.stamp_ns, frame_indices=result.frame_indices,
                                          spans_s=evidence_spans([f.time_s for f in result.frames], p.air.d_min_s),
                                          reasons=[describe(f) for f in result.frames]))

@@ -51,6 +51,7 @@ class AirTrace:
     initial: list[int]
     iterations: list[IterationTrace] = field(default_factory=list)
     stop_reason: str = STOP_MAX_ITERATIONS
+    moments_s: list[float] = field(default_factory=list)  # the question's moments that anchored S (none: the paper's S)
 
     @property
     def analysed(self) -> int:
@@ -138,6 +139,7 @@ def select_frames_air(S: np.ndarray, times_s: np.ndarray, analyse: FrameAnalyser
     eligible = np.ones(n_frames, bool) if rescore is not None else np.isfinite(S)
     chosen_budget = budget if budget is not None else adaptive_budget(float(times_s[-1] - times_s[0]), config)
     trace = _coarse(S, times_s, min(chosen_budget, int(eligible.sum())), config)
+    trace.moments_s = list(moments_s) if anchor is not None else []
     B = trace.budget
     quota = max(1, B // config.i_max)
     pool = set(trace.initial)

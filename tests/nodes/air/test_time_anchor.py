@@ -57,12 +57,14 @@ def test_a_named_moment_draws_the_selection_to_it():
     result, S = select("What appeared at about 0:12?")
     assert all(abs(t - 12.0) <= 2.0 for t in (f.time_s for f in result.frames))
     assert [f.clip_score for f in result.frames] == [S[f.frame] for f in result.frames]  # CLIP's own score reported
+    assert result.trace.moments_s == [12.0]
 
 
 def test_without_a_moment_or_with_weight_zero_the_paper_selection_stands():
     plain, _ = select("What appeared?")
     off, _ = select("What appeared at about 0:12?", AirConfig(candidates=4, i_max=3, time_anchor_weight=0.0))
     assert plain.frame_indices.tolist() == off.frame_indices.tolist()
+    assert plain.trace.moments_s == off.trace.moments_s == []  # nothing anchored either run
     assert all(40 <= f <= 45 for f in plain.frame_indices)
 
 
