@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,11 @@ class QaItem:
     options: list[str]
     answer: int
     evidence: list[Span]
+
+    @cached_property
+    def moments_s(self) -> list[float]:
+        """The moments the question names (A.I.R.'s time anchors), parsed once."""
+        return question_moments(self.question)
 
 
 @dataclass
@@ -211,7 +217,7 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
         S[scan.indices] = scores
         analyser = VlmFrameAnalyser(vlm, frames.image, item.question, item.options,
                                     times_s=frames.times_s if settings.air.frame_time else None)
-        moments = question_moments(item.question) if method == AIR else []
+        moments = item.moments_s if method == AIR else []
         selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget, moments_s=moments)
         answered = answer_from(vlm, frames, selected.frame_indices, item)
         calls = analyser.counts[COUNTER_VLM_CALLS]
@@ -288,7 +294,7 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
                              "precision": evidence_precision(times, item.evidence), "seconds": seconds,
                              "correct": outcome.choice == item.answer, "vlm_calls": outcome.vlm_calls,
                              "analysis_calls": outcome.analysis_calls,
-                             "names_moment": bool(question_moments(item.question))})
+                             "names_moment": bool(item.moments_s)})
             bar.update()
     bar.close()
     n_videos = max(len(cases), 1)

@@ -124,7 +124,6 @@ def largest_cluster(points: np.ndarray, radius_m: float) -> np.ndarray:
     if len(points) < 2:
         return points
     pairs = cKDTree(points).query_pairs(radius_m, output_type="ndarray")  # (P, 2)
-
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points), len(points)))
     _, labels = connected_components(graph, directed=False)
     return points[labels == np.argmax(np.bincount(labels))]

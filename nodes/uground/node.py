@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from nodes.grounding import DEFAULT_MIN_PIXELS, Grounding, ImageGrounder, TargetGrounding
+from nodes.model_dir import DEVICE_AUTO
 from nodes.uground.config import DEFAULT_MODEL_DIR, MODE_LAST, MODES
 
-DEVICE_AUTO = "auto"
 #: a robot instruction's leading verb ("pick up the green cube"): UGround is asked to segment what follows
 _COMMAND_VERB = re.compile(r"^\s*(?:please\s+)?(?:pick\s+up|pick|grab|grasp|lift|take|segment)\s+", re.IGNORECASE)
 
