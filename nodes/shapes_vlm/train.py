@@ -13,7 +13,8 @@ Outputs: the checkpoint directory at --out (rewritten at every checkpoint, so an
 leaves a usable model; its `groundloop_vlm.json` records steps, time and the held-out metrics), and
 in --ckpt-dir a resumable `latest.pt` and `metrics.jsonl`; `--resume` continues within the same
 budget. Held-out metrics are teacher-forced on held-out-split scenes: the token greedy decoding
-would emit at the score, the letter, each caption word.
+would emit at the score; for answers and captions, whether greedy decoding emits the whole target
+(every token and [EOS]).
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
 from nodes.model_dir import atomic_torch_save, load_train_state, resolve_device
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
-from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_FRAMES, RELEVANCE, SCENE_SECONDS, Batch, Encoder,
-                                   ShapesTasks)
+from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_FRAMES, QA_TARGETS, QA_TEXT, RELEVANCE,
+                                   SCENE_SECONDS, TASKS, Batch, Encoder, ShapesTasks)
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     read_meta, save_vlm_dir)
 from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
@@ -95,6 +96,7 @@ class TrainOptions:
     frame_size: int = 224  # the shapes-world video size frames are drawn at
     qa_frames: int = QA_FRAMES
     scene_seconds: tuple[float, ...] = SCENE_SECONDS
+    qa_target: str = QA_TEXT
     log_every: int = 25
     eval_every: int = 500
     checkpoint_every: int = 250
@@ -183,10 +185,8 @@ class Tally:
         for row in range(len(batch.labels)):
             positions = np.flatnonzero(batch.labels[row] != IGNORE_INDEX)
             truth, guess = batch.labels[row, positions], predicted[row, positions - 1]  # (A,)
-            if batch.task == CAPTION:
-                self.captions.append(bool((truth == guess).all()))
-            elif batch.task == QA:
-                self.answers.append(bool(truth[0] == guess[0]))
+            if batch.task in (CAPTION, QA):  # greedy decoding would emit the whole target
+                (self.captions if batch.task == CAPTION else self.answers).append(bool((truth == guess).all()))
             else:
                 at = positions[np.isin(truth, self.score_digits).argmax()] - 1
                 digits = torch.softmax(logits[row, at, self.score_digits].float(), -1).cpu().numpy()  # (5,)
@@ -286,9 +286,9 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
         elapsed_s, curve, last_eval = state["elapsed_s"], state["curve"], state["heldout"]
     model.to(device).train()
     train_tasks = ShapesTasks(TRAIN, options.train_scenes, options.frame_size, options.qa_frames,
-                              scene_seconds=options.scene_seconds)
+                              scene_seconds=options.scene_seconds, qa_target=options.qa_target)
     eval_tasks = ShapesTasks(HELDOUT, options.eval_scenes, options.frame_size, options.qa_frames,
-                             scene_seconds=options.scene_seconds)
+                             scene_seconds=options.scene_seconds, qa_target=options.qa_target)
     options.run_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     minutes = "-" if options.budget_s is None else f"{options.budget_s / 60:.1f} min"
@@ -303,7 +303,7 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
                           "init": str(options.init) if options.init is not None else None,
                           "stages": [asdict(stage) for stage in options.stages],
                           "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed,
-                          "scene_seconds": list(options.scene_seconds)},
+                          "scene_seconds": list(options.scene_seconds), "qa_target": options.qa_target},
                 "heldout": last_eval}
         save_vlm_dir(model, processor, config, options.out, meta)
         atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
@@ -369,9 +369,25 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
             "heldout": last_eval}
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """"relevance=0.5,qa=0.3,caption=0.2" → {task: share}; an unknown task or a share ≤ 0 is an error."""
+    mix: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        task, _, share = item.partition("=")
+        try:
+            mix[task.strip()] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--task-mix: {item!r} is not task=share") from None
+    unknown = sorted(set(mix) - set(TASKS))
+    if not mix or unknown or min(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"--task-mix: {text!r} needs task=share pairs with shares > 0, "
+                                         f"tasks from {', '.join(TASKS)}")
+    return mix
+
+
 def _options_from_args(args: argparse.Namespace) -> TrainOptions:
     align, tasks = DEFAULT_STAGES
-    stages = (replace(align, share=args.align_share), replace(tasks, share=1.0 - args.align_share))
+    stages = (replace(align, share=args.align_share), replace(tasks, mix=args.task_mix, share=1.0 - args.align_share))
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else None
     init = Path(args.init) if args.init else None
     return TrainOptions(clip=Path(args.clip), out=Path(args.out), ckpt_dir=ckpt_dir, init=init, minutes=args.minutes,
@@ -379,7 +395,8 @@ def _options_from_args(args: argparse.Namespace) -> TrainOptions:
                         vision_lr=args.vision_lr, train_scenes=args.train_scenes, eval_scenes=args.eval_scenes,
                         eval_relevance=args.eval_relevance, eval_qa=args.eval_qa, eval_captions=args.eval_captions,
                         frame_size=args.frame_size, qa_frames=args.qa_frames,
-                        scene_seconds=tuple(float(v) for v in args.scene_seconds.split(",")), log_every=args.log_every,
+                        scene_seconds=tuple(float(v) for v in args.scene_seconds.split(",")), qa_target=args.qa_target,
+                        log_every=args.log_every,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
                         device=args.device, threads=args.threads, data_workers=args.data_workers,
                         resume=args.resume, progress=not args.no_progress)
@@ -414,6 +431,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="step budget (with --minutes: whichever comes first)")
     p.add_argument("--align-share", type=float, default=DEFAULT_STAGES[0].share,
                    help="share of the budget for stage 1 (captions); stage 2 (tasks) gets the rest")
+    p.add_argument("--task-mix", type=parse_mix, default=dict(DEFAULT_STAGES[1].mix),
+                   help="stage 2's share of each task's batches, e.g. relevance=0.5,qa=0.3,caption=0.2")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak lr of the projector and the language model")
     p.add_argument("--vision-lr", type=float, default=defaults.vision_lr,
@@ -427,6 +446,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--qa-frames", type=int, default=defaults.qa_frames, help="frames per question")
     p.add_argument("--scene-seconds", default=",".join(f"{v:g}" for v in defaults.scene_seconds),
                    help="comma-separated scene lengths, one drawn per scene by its seed")
+    p.add_argument("--qa-target", choices=QA_TARGETS, default=defaults.qa_target,
+                   help="a question's answer: the right option's text, or its letter")
     p.add_argument("--hidden-size", type=int, default=arch.hidden_size, help="width of the language model")
     p.add_argument("--layers", type=int, default=arch.layers, help="language-model layers")
     p.add_argument("--heads", type=int, default=arch.heads)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from nodes.air.analysis import parse_judgement
-from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, RELEVANCE, Encoder, SceneInfo, ShapesTasks, describe,
-                                   relevance_scores)
+from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_LETTER, RELEVANCE, Encoder, SceneInfo, ShapesTasks,
+                                   describe, relevance_scores)
 from nodes.shapes_vlm.model import build_tokenizer
+from nodes.video_qa import OPTION_LETTERS
 from nodes.vlm.parsing import parse_choice
 from sim.shapes_world.dataset import TRAIN
 from sim.shapes_world.questions import APPEAR_COLOUR, MEET_PARTNER, Question
@@ -65,10 +66,21 @@ def test_answers_are_in_the_format_the_nodes_parse() -> None:
         decoded = tokenizer.decode(tokenizer(example.target, add_special_tokens=False)["input_ids"])
         judgement = parse_judgement(decoded)
         assert judgement.score == example.truth and judgement.reason.startswith("it shows")
-        answer = tasks.qa(rng)
-        assert parse_choice(answer.target, 4) == answer.truth and len(answer.images) == tasks.qa_frames
+        answer = tasks.qa(rng)  # the right option's text, as the prompt lists it after its letter
+        assert f"\n{OPTION_LETTERS[answer.truth]}. {answer.target}\n" in answer.prompt
+        assert len(answer.images) == tasks.qa_frames
     assert describe({"blue square", "red circle"}) == "the red circle and the blue square"
     assert describe(set()) == "no shape"
+
+
+def test_letter_targets_answer_with_the_right_options_letter() -> None:
+    text, letter = (ShapesTasks(TRAIN, 6, frame_size=TINY_FRAME_PX, qa_target=target) for target in ("text", QA_LETTER))
+    for seed in range(5):  # the same draws: only the answer's form differs
+        by_text, by_letter = text.qa(np.random.default_rng(seed)), letter.qa(np.random.default_rng(seed))
+        assert by_letter.prompt == by_text.prompt and by_letter.truth == by_text.truth
+        assert by_letter.target == OPTION_LETTERS[by_letter.truth] and parse_choice(by_letter.target, 4) == by_letter.truth
+    with pytest.raises(ValueError, match="qa_target"):
+        ShapesTasks(TRAIN, 1, qa_target="index")
 
 
 def test_relevance_examples_cover_every_score() -> None:
@@ -96,10 +108,12 @@ def test_a_batch_holds_one_task_and_labels_only_the_answer(tiny_clip_dir) -> Non
     encoder = Encoder(processor, image_tokens(model.config.vision_config), ImagePreprocessor.from_dir(tiny_clip_dir))
     tasks = ShapesTasks(TRAIN, 4, frame_size=TINY_FRAME_PX, qa_frames=3)
     rng = np.random.default_rng(2)
-    batch = encoder.batch([tasks.qa(rng), tasks.qa(rng)])
+    examples = [tasks.qa(rng), tasks.qa(rng)]
+    batch = encoder.batch(examples)
     assert batch.task == QA and batch.pixel_values.shape[0] == 6
     answers = [row[row != IGNORE_INDEX].tolist() for row in batch.labels]
-    assert all(len(a) == 2 and a[-1] == encoder.tokenizer.eos_token_id for a in answers)  # the letter, then [EOS]
+    assert all(a[-1] == encoder.tokenizer.eos_token_id for a in answers)  # the option's text, then [EOS]
+    assert [encoder.tokenizer.decode(a[:-1]) for a in answers] == [e.target for e in examples]
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     assert ((batch.input_ids == image_id).sum(1) == 3 * image_tokens(model.config.vision_config)).all()
     with pytest.raises(ValueError, match="one task"):

@@ -14,10 +14,10 @@ import torch
 from nodes.clip.model import MissingModelError
 from nodes.clip.processing import ImagePreprocessor
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
-from nodes.shapes_vlm.data import CAPTION, Encoder, ShapesTasks
+from nodes.shapes_vlm.data import CAPTION, IGNORE_INDEX, QA, QA_LETTER, RELEVANCE, Batch, Encoder, ShapesTasks
 from nodes.shapes_vlm.model import LM, META_FILE, PROJECTOR, VISION, build_vlm, model_parts
-from nodes.shapes_vlm.train import (DEFAULT_STAGES, STATE_FILE, Stage, TrainOptions, prepare_stage,
-                                    load_init_weights, register, stage_at, train_step, train_vlm)
+from nodes.shapes_vlm.train import (DEFAULT_STAGES, STATE_FILE, Stage, Tally, TrainOptions, load_init_weights,
+                                    parse_mix, prepare_stage, register, stage_at, train_step, train_vlm)
 from nodes.train_budget import warmup_cosine_lr
 from nodes.vlm import load_vlm
 from sim.shapes_world.dataset import TRAIN
@@ -100,6 +100,37 @@ def test_cli_trains_three_steps_and_writes_a_checkpoint_with_heldout_metrics(
                            frame_size=TINY_FRAME_PX, qa_frames=2, threads=1, progress=False, log_every=1)
     assert train_vlm(options)["step"] == 4
     assert torch.load(run / STATE_FILE, weights_only=False)["step"] == 4
+
+
+def test_cli_records_the_qa_target_and_the_task_mix(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vlm"
+    args = _parser().parse_args(["vlm", "--clip", str(tiny_clip_dir), "--out", str(out), "--ckpt-dir",
+                                 str(tmp_path / "run"), "--steps", "1", "--align-share", "0", "--qa-target", QA_LETTER,
+                                 "--task-mix", "qa=0.7, relevance=0.15,caption=0.15", *TINY_ARGS])
+    assert args.func(args) == 0
+    train = json.loads((out / META_FILE).read_text())["train"]
+    assert train["qa_target"] == QA_LETTER
+    assert train["stages"][1]["mix"] == {QA: 0.7, RELEVANCE: 0.15, CAPTION: 0.15}
+    assert _parser().parse_args(["vlm"]).qa_target == "text"
+
+
+@pytest.mark.parametrize("text", ["", "qa", "qa=x", "qa=0", "qa=-1", "answers=1", "qa=1,speech=1"])
+def test_a_bad_task_mix_is_refused_naming_the_flag(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="--task-mix"):
+        parse_mix(text)
+
+
+def test_an_answer_counts_only_when_greedy_decoding_emits_all_of_it() -> None:
+    labels = np.full((2, 5), IGNORE_INDEX, np.int64)
+    labels[:, 2:5] = [7, 8, 3]  # a two-token answer and [EOS] after a two-token prompt
+    batch = Batch(QA, np.zeros((2, 5), np.int64), np.ones((2, 5), np.int64), labels, np.zeros((0, 3, 4, 4), np.float32),
+                  np.array([0, 1]))
+    logits = torch.zeros(2, 5, 10)  # (B, T, V): the token predicted after each position
+    logits[:, 1, 7] = logits[:, 2, 8] = logits[:, 3, 3] = 1.0  # row 0: the whole answer
+    logits[1, 2, 8], logits[1, 2, 9] = 0.0, 1.0  # row 1: the first token right, the second wrong
+    tally = Tally(score_digits=[1, 2, 3, 4, 5])
+    tally.add(batch, logits)
+    assert tally.answers == [True, False] and tally.metrics()["qa_accuracy"] == 0.5
 
 
 def test_a_missing_clip_is_an_error_naming_the_clip_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
