@@ -41,7 +41,8 @@ from nodes.air.selector import select_frames_air
 from nodes.air.time_anchor import question_moments
 from nodes.clip.embedder import ClipEmbedder
 from nodes.video_decode import iter_frames, select_frames
-from nodes.video_qa import answer_prompt, fetch_images, vote_on_answers
+from nodes.video_qa import (ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD, answer_prompt, choose_by_likelihood,
+                            fetch_images, vote_on_answers)
 from nodes.vitl import VitlParams, video_in_the_loop
 from nodes.vlm import VlmAdapter
 
@@ -173,6 +174,7 @@ class Settings:
     prescan_fps: float = PRESCAN_FPS
     air: AirConfig = field(default_factory=AirConfig)
     vlm_spec: dict[str, Any] = field(default_factory=lambda: {"hf": DEFAULT_VLM})  # ViTL's params name it
+    answer_by: str = ANSWER_BY_GENERATION  # how every method's final answer is read (nodes.video_qa)
 
 
 @dataclass
@@ -197,11 +199,13 @@ def topk_frames(indices: np.ndarray, scores: np.ndarray, budget: int) -> np.ndar
     return np.sort(indices[np.argsort(-scores, kind="stable")[:budget]])
 
 
-def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], item: QaItem) -> Outcome:
+def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], item: QaItem,
+                answer_by: str) -> Outcome:
     """The VLM answers from the chosen frames in time order, as VideoQuestionAnswer asks it."""
     kept, images, _ = fetch_images(frames, sorted(int(i) for i in chosen))
-    vote = vote_on_answers(vlm, images, answer_prompt(item.question, item.options), len(item.options),
-                           option_texts=item.options)
+    prompt = answer_prompt(item.question, item.options)
+    vote = (choose_by_likelihood(vlm, images, prompt, item.options) if answer_by == ANSWER_BY_LIKELIHOOD else
+            vote_on_answers(vlm, images, prompt, len(item.options), option_texts=item.options))
     return Outcome(kept, vote.choice, 1)
 
 
@@ -209,9 +213,9 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
                scan: Prescan | None, vlm: VlmAdapter, settings: Settings) -> Outcome:
     frames = case.frames
     if method == UNIFORM:
-        return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), item)
+        return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), item, settings.answer_by)
     if method == CLIP_TOPK:
-        return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), item)
+        return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), item, settings.answer_by)
     if method in (AIR, AIR_PAPER):
         S = np.full(len(frames.times_s), np.nan)
         S[scan.indices] = scores
@@ -219,12 +223,12 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
                                     times_s=frames.times_s if settings.air.frame_time else None)
         moments = item.moments_s if method == AIR else []
         selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget, moments_s=moments)
-        answered = answer_from(vlm, frames, selected.frame_indices, item)
+        answered = answer_from(vlm, frames, selected.frame_indices, item, settings.answer_by)
         calls = analyser.counts[COUNTER_VLM_CALLS]
         return Outcome(answered.frames, answered.choice, calls + answered.vlm_calls, calls)
     if method == VITL:
         params = VitlParams(video=case.name, question=item.question, options=item.options, vlm=settings.vlm_spec,
-                            budget=budget)
+                            budget=budget, answer_by=settings.answer_by)
         result = video_in_the_loop(vlm, frames, params)
         return Outcome(result.answer_frames, result.vote.choice, 2)
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -377,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions-per-video", type=int, default=None, help=f"default {DEFAULT_QUESTIONS}")
     parser.add_argument("--budgets", default=None, help="comma-separated frame budgets (default 8,16,32)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--answer-by", choices=(ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD), default=ANSWER_BY_GENERATION,
+                        help="read every method's answer from generated text, or take the option the VLM scores likeliest")
     parser.add_argument("--prescan-fps", type=float, default=PRESCAN_FPS)
     parser.add_argument("--device", default="auto", help="torch device of both models")
     parser.add_argument("--no-progress", action="store_true")
@@ -395,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not methods:
         parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
     settings = Settings(budgets=budgets, methods=methods, prescan_fps=args.prescan_fps,
-                        vlm_spec={"hf": args.vlm, "device": args.device})
+                        vlm_spec={"hf": args.vlm, "device": args.device}, answer_by=args.answer_by)
     started = time.monotonic()
 
     from nodes.clip.embedder import load_embedder
@@ -413,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['prescan_s_per_video']:.2f} s/video (in the CLIP methods' wall time)")
     print_table(report, settings)
     report.update(benchmark="frame_selection", quick=args.quick, clip=args.clip, vlm=args.vlm, seeds=seeds,
-                  video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps,
+                  video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps, answer_by=args.answer_by,
                   air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max,
                               "time_anchor_weight": settings.air.time_anchor_weight,
                               "time_anchor_width_s": settings.air.time_anchor_width_s},

@@ -26,8 +26,8 @@ from pydantic import Field
 
 from nodes.video_decode import select_frames
 from nodes.video_qa import (COUNTER_ANSWERS, COUNTER_FRAME_ERRORS, COUNTER_INVALID_ANSWERS, COUNTER_VLM_ERRORS,
-                            FrameSource, VideoFrames, VideoQaParams, Vote, answer_message, answer_prompt, fetch_images,
-                            format_options, timestamps, vote_on_answers)
+                            FrameSource, VideoFrames, VideoQaParams, Vote, answer_message, answer_prompt, answer_question,
+                            fetch_images, format_options, timestamps)
 from nodes.vlm import SharedVlm, VlmAdapter
 from nodes.vlm.parsing import extract_json_object
 from pipeline.messages import Answer, Selection
@@ -227,9 +227,7 @@ def video_in_the_loop(vlm: VlmAdapter, frames: FrameSource, params: VitlParams) 
     chosen = frames_in_spans(times_s, spans or [whole], params.answer_fps)
     kept, images, failures = fetch_images(frames, uniform_subset(chosen, params.budget).tolist())
     prompt = answer_prompt(params.question, params.options, [float(times_s[i]) for i in kept])
-    vote = vote_on_answers(vlm, images, prompt, len(params.options), n_samples=params.n_samples,
-                           temperature=params.temperature, seed=params.seed, max_new_tokens=params.answer_tokens,
-                           option_texts=params.options)
+    vote = answer_question(vlm, images, prompt, params)
     return VitlResult(grounding, spans, kept, vote, failures)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -97,6 +97,14 @@ class VlmAdapter(ABC):
         backend allows. Raises VlmError when the backend fails.
         """
 
+    def score_answers(self, images: list[np.ndarray], prompt: str, answers: Sequence[str]) -> np.ndarray:
+        """(K,) float64: the log-likelihood of each of `answers` as the whole reply to `prompt` about `images`
+        (its tokens, then the end of the reply). Choosing the likeliest option never gives an invalid answer,
+        which a small model's free text often is; only a backend that sees the model's logits can score.
+        Raises VlmError where the backend cannot.
+        """
+        raise VlmError(f"{type(self).__name__} cannot score answers by likelihood; answer by generation instead")
+
     def close(self) -> None:
         """Release the model or connection."""
 
@@ -153,6 +161,11 @@ class SharedVlm(VlmAdapter):
             raise VlmError("this VLM handle is closed")
         return self.adapter.generate(images, prompt, max_new_tokens=max_new_tokens, n_samples=n_samples,
                                      temperature=temperature, seed=seed)
+
+    def score_answers(self, images: list[np.ndarray], prompt: str, answers: Sequence[str]) -> np.ndarray:
+        if self.adapter is None:
+            raise VlmError("this VLM handle is closed")
+        return self.adapter.score_answers(images, prompt, answers)
 
     def close(self) -> None:
         if self.adapter is None:

@@ -11,6 +11,7 @@ image processor falls back to the PIL backend when torchvision is absent.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ CONFIG_FILE = "config.json"
 TRAIN_COMMAND = "groundloop train vlm --clip models/clip_shapes --out {path}"  # the project's own small VLM
 FETCH_COMMAND = "hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir {path}"  # or a real one, fetched once
 DTYPE_AUTO = "auto"
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")  # per token, not per image
 
 
 def chat_messages(n_images: int, prompt: str) -> list[dict[str, Any]]:
@@ -147,6 +149,39 @@ class HfVlmAdapter(VlmAdapter):
         new_tokens = output[:, batch["input_ids"].shape[1]:]
         texts = self.inputs.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return texts if sampling else texts * n_samples
+
+    def score_answers(self, images: list[np.ndarray], prompt: str, answers: Sequence[str]) -> np.ndarray:
+        """One forward pass over K rows, each the prompt followed by one answer's tokens and [EOS] (right-
+        padded: a causal model's earlier positions never see the padding); the sum of the answer tokens'
+        log-probabilities. The images go once per row, which a small vision tower affords."""
+        import torch
+
+        check_generate_args(images, 1, 1, 0.0)
+        if not answers:
+            raise ValueError("score_answers needs at least one answer")
+        tokenizer = self.inputs.tokenizer
+        end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        replies = [tokenizer(answer, add_special_tokens=False)["input_ids"] + end for answer in answers]
+        try:
+            encoded = self.inputs.encode(images, prompt)
+            prompt_ids = encoded["input_ids"][0]  # (T,)
+            n_prompt, longest = len(prompt_ids), max(len(reply) for reply in replies)
+            input_ids = torch.full((len(replies), n_prompt + longest), self.pad_token_id, dtype=prompt_ids.dtype)
+            attention = torch.zeros_like(input_ids)  # (K, T + A)
+            for row, reply in enumerate(replies):
+                input_ids[row, :n_prompt] = prompt_ids
+                input_ids[row, n_prompt: n_prompt + len(reply)] = torch.tensor(reply, dtype=prompt_ids.dtype)
+                attention[row, : n_prompt + len(reply)] = 1
+            vision = {key: torch.cat([value] * len(replies)) for key, value in encoded.items()
+                      if key not in TEXT_INPUTS and isinstance(value, torch.Tensor)}
+            batch = self._on_device({"input_ids": input_ids, "attention_mask": attention, **vision})
+            with torch.inference_mode():  # the logits that predict each answer token: positions T−1 … T+A−2
+                logits = self.model(**batch, logits_to_keep=longest + 1).logits[:, :-1].float()  # (K, A, V)
+        except Exception as exc:  # noqa: BLE001 — any model failure is a failed call to the caller
+            raise VlmError(f"{self.checkpoint}: scoring answers failed: {type(exc).__name__}: {exc}") from exc
+        log_probs = torch.log_softmax(logits, -1).cpu()  # (K, A, V)
+        return np.array([float(log_probs[row, torch.arange(len(reply)), torch.tensor(reply)].sum())
+                         for row, reply in enumerate(replies)], np.float64)
 
     def close(self) -> None:
         self.model = None

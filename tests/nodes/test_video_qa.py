@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.video_qa import VideoFrames, VideoQuestionAnswer, Vote, answer_prompt, vote_on_answers
+from nodes.video_qa import VideoFrames, VideoQuestionAnswer, Vote, answer_prompt, choose_by_likelihood, vote_on_answers
 from nodes.vlm import VlmError
 from pipeline.harness import NodeHarness
 from pipeline.messages import Selection
 from pipeline.node import ParamsError
 from tests.nodes.test_video_ingest import grey_index, write_clip
-from tests.nodes.video_doubles import ScriptedVlm
+from tests.nodes.video_doubles import ScoringVlm, ScriptedVlm
 
 QUESTION = "Which colour appears first?"
 OPTIONS = ["red", "green", "blue", "yellow"]
@@ -25,8 +25,8 @@ def clip(tmp_path):
 
 @pytest.fixture
 def answerer(monkeypatch, clip):
-    def make(*script, **params) -> NodeHarness:
-        vlm = ScriptedVlm(*script)
+    def make(*script, scoring: bool = False, **params) -> NodeHarness:
+        vlm = (ScoringVlm if scoring else ScriptedVlm)(*script)
         monkeypatch.setattr("nodes.video_qa.SharedVlm", lambda spec: vlm)
         harness = NodeHarness(VideoQuestionAnswer, {"video": str(clip), "question": QUESTION, "options": OPTIONS,
                                                     "vlm": {"hf": "models/vlm"}, **params})
@@ -74,6 +74,32 @@ def test_answers_naming_an_option_vote_for_it():
     assert vote_on_answers(ScriptedVlm(["blue"]), [], "p", 4).choice is None  # without the options: invalid
 
 
+def test_the_likeliest_option_wins_and_its_softmax_share_is_the_confidence():
+    vlm = ScoringVlm([-60.0, -1.0, -1.0 - np.log(3.0), -50.0])  # shares e⁻¹ : e⁻¹/3: the winner 3/4
+    vote = choose_by_likelihood(vlm, [], "prompt", OPTIONS)
+    assert vote.choice == 1 and vote.votes == {1: 1} and vote.confidence == pytest.approx(0.75, abs=1e-3)
+    assert vlm.calls[0]["answers"] == OPTIONS and vlm.calls[0]["prompt"] == "prompt"
+
+
+@pytest.mark.parametrize("scores, error", [
+    (VlmError("out of memory"), "VlmError: out of memory"),
+    ([-1.0, float("nan"), -2.0, -3.0], "scored 4 options"),
+    ([-1.0, -2.0], "scored 4 options"),
+])
+def test_a_failed_or_malformed_scoring_is_no_answer(scores, error):
+    vote = choose_by_likelihood(ScoringVlm(scores), [], "p", OPTIONS)
+    assert vote.choice is None and error in vote.error and vote.confidence == 0.0
+
+
+def test_the_node_answers_by_likelihood_when_asked(answerer):
+    harness = answerer([-9.0, -8.0, -1.0, -7.0], VlmError("backend down"), scoring=True, answer_by="likelihood")
+    answer = harness.send("selection", selection([9, 3]))[0].message
+    assert (answer.choice, answer.answer) == (2, "blue") and answer.confidence > 0.99
+    assert [grey_index(image) for image in harness.vlm.calls[0]["images"]] == [3, 9]
+    failed = harness.send("selection", selection([4]))[0].message
+    assert failed.choice == -1 and harness.metrics["counters"] == {"answers": 1, "invalid_answers": 1, "vlm_errors": 1}
+
+
 def test_the_selected_frames_are_answered_in_time_order(answerer):
     harness = answerer(["B", "B) green", "A"], n_samples=3, temperature=0.7)
     (out,) = harness.send("selection", selection([20, 5, 10]))
@@ -108,3 +134,9 @@ def test_sampling_several_greedy_answers_is_refused():
         VideoQuestionAnswer({"video": "v.mp4", "question": QUESTION, "options": OPTIONS, "vlm": {"hf": "m"}, "n_samples": 5})
     with pytest.raises(ParamsError, match="options"):
         VideoQuestionAnswer({"video": "v.mp4", "question": QUESTION, "options": ["only"], "vlm": {"hf": "m"}})
+    with pytest.raises(ParamsError, match="answer_by: generate"):
+        VideoQuestionAnswer({"video": "v.mp4", "question": QUESTION, "options": OPTIONS, "vlm": {"hf": "m"},
+                             "n_samples": 3, "temperature": 1.0, "answer_by": "likelihood"})
+    with pytest.raises(ParamsError, match="answer_by"):
+        VideoQuestionAnswer({"video": "v.mp4", "question": QUESTION, "options": OPTIONS, "vlm": {"hf": "m"},
+                             "answer_by": "telepathy"})

@@ -10,7 +10,7 @@ from nodes.vitl import (VideoInTheLoop, VitlParams, clean_spans, frames_in_spans
 from nodes.vlm import VlmError
 from pipeline.harness import NodeHarness
 from tests.nodes.test_video_ingest import grey_index, write_clip
-from tests.nodes.video_doubles import IndexedFrames, ScriptedVlm, image_index
+from tests.nodes.video_doubles import IndexedFrames, ScoringVlm, ScriptedVlm, image_index
 
 QUESTION = "What colour is the shape that appears at about 12 s?"
 OPTIONS = ["red", "green", "blue", "yellow"]
@@ -110,6 +110,14 @@ def test_answers_are_sampled_and_voted():
     result = video_in_the_loop(vlm, IndexedFrames(100), params(n_samples=5, temperature=0.7, seed=11))
     assert result.vote.choice == 3 and result.vote.votes == {3: 2, 1: 2} and result.vote.confidence == pytest.approx(0.4)
     assert vlm.calls[1]["n_samples"] == 5 and vlm.calls[1]["temperature"] == 0.7
+
+
+def test_stage_two_may_answer_by_likelihood():
+    vlm = ScoringVlm(["[[10, 20]]"], [-5.0, -4.0, -0.5, -6.0])
+    result = video_in_the_loop(vlm, IndexedFrames(600, fps=10), params(budget=4, answer_by="likelihood"))
+    assert result.spans == [(10.0, 20.0)] and result.vote.choice == 2
+    answer_call = vlm.calls[1]
+    assert answer_call["answers"] == OPTIONS and "[t=10.0s]" in answer_call["prompt"]
 
 
 def test_undecodable_frames_are_left_out():

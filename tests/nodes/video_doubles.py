@@ -73,6 +73,18 @@ class ScriptedVlm(VlmAdapter):
         return answer[:n_samples]
 
 
+class ScoringVlm(ScriptedVlm):
+    """A ScriptedVlm that also scores answers: each call, generating or scoring, takes the next script
+    entry (samples to generate, or one log-likelihood per answer)."""
+
+    def score_answers(self, images, prompt, answers):
+        self.calls.append({"images": images, "prompt": prompt, "answers": list(answers)})
+        scores = self.script.pop(0)
+        if isinstance(scores, Exception):
+            raise scores
+        return np.array(scores, np.float64)
+
+
 def frame_scores(rule: dict[int, int]) -> Callable[[list[int], str], str]:
     """A RuleVlm rule for A.I.R.'s analysis: frame → "Score: s" from `rule` (1 for any other frame)."""
     def answer(frames: list[int], prompt: str) -> str:

@@ -90,6 +90,46 @@ def test_bad_images_are_refused_by_name(qwen):
         qwen.generate([np.zeros((8, 8), np.uint8)], PROMPT, max_new_tokens=2)
 
 
+def reference_log_likelihood(vlm: VlmAdapter, images: list[np.ndarray], prompt: str, answer: str) -> float:
+    """The answer's summed log-probability from its own unpadded forward pass: prompt, answer, [EOS]."""
+    import torch
+
+    encoded = vlm.inputs.encode(images, prompt)
+    tokenizer = vlm.inputs.tokenizer
+    reply = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.cat([encoded["input_ids"], torch.tensor([reply])], 1)  # (1, T + A)
+    inputs = {**encoded, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        logits = vlm.model(**inputs).logits[0].float()  # (T + A, V)
+    n_prompt = encoded["input_ids"].shape[1]
+    log_probs = torch.log_softmax(logits[n_prompt - 1:-1], -1)  # (A, V)
+    return float(log_probs[torch.arange(len(reply)), torch.tensor(reply)].sum())
+
+
+@pytest.mark.parametrize("architecture", ["qwen", "llava"])
+def test_answers_are_scored_by_their_log_likelihood(architecture, tiny_qwen_dir, tiny_llava_dir):
+    directory = tiny_qwen_dir if architecture == "qwen" else tiny_llava_dir
+    vlm = load_vlm({"hf": str(directory), "device": "cpu", "dtype": "float32"})
+    images, answers = [rgb(48, 64), rgb(40, 40, seed=2)], ["red", "the blue square", "B"]  # answers of unequal length
+    scores = vlm.score_answers(images, PROMPT, answers)
+    assert scores.shape == (3,) and (scores < 0).all()
+    expected = [reference_log_likelihood(vlm, images, PROMPT, answer) for answer in answers]
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)  # right padding changes nothing
+    assert vlm.score_answers(images, PROMPT, answers[1:2])[0] == pytest.approx(scores[1], abs=1e-4)
+    with pytest.raises(ValueError, match="at least one answer"):
+        vlm.score_answers(images, PROMPT, [])
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        vlm.score_answers([np.zeros((8, 8), np.uint8)], PROMPT, answers)
+
+
+def test_a_backend_without_logits_refuses_to_score_by_name():
+    from nodes.vlm.openai_http import OpenAiVlmAdapter
+
+    vlm = OpenAiVlmAdapter("http://127.0.0.1:9/v1", "m")
+    with pytest.raises(VlmError, match="OpenAiVlmAdapter cannot score answers by likelihood"):
+        vlm.score_answers([rgb(8, 8)], PROMPT, ["A", "B"])
+
+
 class CountingVlm(VlmAdapter):
     """A stand-in model that records being loaded and closed."""
 
