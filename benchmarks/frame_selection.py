@@ -10,6 +10,9 @@ them (ViTL answers in its own second stage, as its node does). Per method and bu
 - evidence precision: the share of selected frames whose time falls in one of the question's spans;
 - the recall apart on the questions that name a moment ("at about 2:34") and on the rest;
 - QA accuracy: the VLM's choice is the scripted answer;
+- beside the methods, "evidence (oracle)" reads the ground truth: frames inside the evidence spans,
+  the most any selector could show the VLM. Its QA accuracy over uniform's is what a perfect selector
+  would gain with this VLM, the yardstick for A.I.R.'s QA gain;
 - VLM calls and wall time per video (all its questions; a CLIP method pays the video's prescan once),
   and A.I.R.'s analysis calls per question (one question is one A.I.R. run) against C·I_max.
 Frames are decoded once per video into memory and served to every method alike (decode time is
@@ -46,11 +49,11 @@ from nodes.video_qa import (ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD, answer_p
 from nodes.vitl import VitlParams, video_in_the_loop
 from nodes.vlm import VlmAdapter
 
-UNIFORM, CLIP_TOPK, AIR, AIR_PAPER, VITL = "uniform", "clip_topk", "air", "air_paper", "vitl"
-METHODS = (UNIFORM, CLIP_TOPK, AIR, AIR_PAPER, VITL)
+UNIFORM, CLIP_TOPK, AIR, AIR_PAPER, VITL, ORACLE = "uniform", "clip_topk", "air", "air_paper", "vitl", "oracle"
+METHODS = (UNIFORM, CLIP_TOPK, AIR, AIR_PAPER, VITL, ORACLE)
 CLIP_METHODS = (CLIP_TOPK, AIR, AIR_PAPER)  # these pay the video's CLIP prescan
 LABELS = {UNIFORM: "uniform", CLIP_TOPK: "CLIP top-k", AIR: "A.I.R.", AIR_PAPER: "A.I.R., no anchors",
-          VITL: "Video-in-the-Loop"}
+          VITL: "Video-in-the-Loop", ORACLE: "evidence (oracle)"}
 DEFAULT_CLIP, DEFAULT_VLM = "models/clip_shapes", "models/vlm_shapes"
 TRAIN_COMMANDS = {"clip": "groundloop train clip --out {path}", "vlm": "groundloop train vlm --out {path}"}
 MODEL_MARKER = "config.json"
@@ -199,6 +202,16 @@ def topk_frames(indices: np.ndarray, scores: np.ndarray, budget: int) -> np.ndar
     return np.sort(indices[np.argsort(-scores, kind="stable")[:budget]])
 
 
+def oracle_frames(times_s: np.ndarray, spans: Sequence[Span], budget: int) -> np.ndarray:
+    """Ground truth, not a method: the frame nearest each span's middle first, then frames spread evenly
+    over the rest of the spans; at most `budget`, in time order."""
+    middles = np.unique([int(np.argmin(np.abs(times_s - (a + b) / 2))) for a, b in spans][:budget]).astype(np.int64)
+    rest = np.setdiff1d(np.flatnonzero(evidence_hits(times_s, spans)), middles)
+    n_more = min(budget - len(middles), len(rest))
+    more = rest[np.linspace(0, len(rest) - 1, n_more).round().astype(np.int64)] if n_more > 0 else rest[:0]
+    return np.union1d(middles, more)
+
+
 def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], item: QaItem,
                 answer_by: str) -> Outcome:
     """The VLM answers from the chosen frames in time order, as VideoQuestionAnswer asks it."""
@@ -214,6 +227,8 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
     frames = case.frames
     if method == UNIFORM:
         return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), item, settings.answer_by)
+    if method == ORACLE:
+        return answer_from(vlm, frames, oracle_frames(frames.times_s, item.evidence, budget), item, settings.answer_by)
     if method == CLIP_TOPK:
         return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), item, settings.answer_by)
     if method in (AIR, AIR_PAPER):
@@ -269,6 +284,9 @@ def compare(results: dict[str, dict[int, dict[str, Any]]], budget: int, air: Air
         out[f"{name}_gain_pts"] = gain
         out[f"{name}_target_pts"] = target
         out[f"met_{name}"] = bool(gain >= target)
+    oracle = results.get(ORACLE, {}).get(budget)
+    if oracle is not None:  # the QA gain a perfect selector would get from this VLM
+        out["accuracy_oracle_gain_pts"] = POINTS * (oracle["qa_accuracy"] - base["qa_accuracy"])
     bound = air.candidates * air.i_max
     out.update(analysis_calls_bound=bound, met_analysis_bound=bool(ours["analysis_calls_max_per_question"] <= bound))
     return out
@@ -368,6 +386,9 @@ def print_table(report: dict[str, Any], settings: Settings) -> None:
               f"target ≥ +{c['accuracy_target_pts']:.0f}: {_met(c['met_accuracy'])}), analysis calls per question "
               f"≤ {report['results'][AIR][budget]['analysis_calls_max_per_question']} (bound C·I_max = "
               f"{c['analysis_calls_bound']}: {_met(c['met_analysis_bound'])})")
+        if "accuracy_oracle_gain_pts" in c:
+            print(f"  the evidence frames themselves (oracle) / uniform at B={budget}: QA accuracy "
+                  f"{c['accuracy_oracle_gain_pts']:+.1f} pts: what seeing the evidence itself is worth to this VLM")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,6 +301,14 @@ class ServedVlm(VlmAdapter):
         except ServeCallError as exc:
             raise VlmError(str(exc)) from exc
 
+    def score_answers(self, images: list[np.ndarray], prompt: str, answers: Sequence[str]) -> np.ndarray:
+        check_generate_args(images, 1, 1, 0.0)
+        try:
+            return self.client.call("score_answers", f"{len(answers)} answers to a prompt with {len(images)} images",
+                                    list(images), prompt, list(answers))
+        except ServeCallError as exc:
+            raise VlmError(str(exc)) from exc
+
 
 class ServedPolicy:
     """What `ActionExpertRuntime` asks of its policy, answered by an action-expert deployment."""

@@ -110,7 +110,7 @@ class ClipDeployment(ModelReplica):
 
 @serve.deployment
 class VlmDeployment(ModelReplica):
-    """A local Hugging Face VLM behind `generate`; one prompt at a time per replica."""
+    """A local Hugging Face VLM behind `generate` and `score_answers`; one prompt at a time per replica."""
 
     kind = KIND_VLM
 
@@ -128,6 +128,11 @@ class VlmDeployment(ModelReplica):
         """`VlmAdapter.generate(images, prompt, **options)` on this replica's model."""
         async with self.lock:
             return await self.run_model(lambda: self.vlm.generate(images, prompt, **options))
+
+    async def score_answers(self, images: list[np.ndarray], prompt: str, answers: list[str]) -> np.ndarray:
+        """`VlmAdapter.score_answers(images, prompt, answers)` on this replica's model."""
+        async with self.lock:
+            return await self.run_model(lambda: self.vlm.score_answers(images, prompt, answers))
 
 
 @serve.deployment

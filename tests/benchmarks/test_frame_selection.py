@@ -50,6 +50,16 @@ def test_uniform_takes_segment_centres_and_topk_the_best_scores_in_time_order():
     assert fs.topk_frames(indices, np.array([0.9, 0.1, 0.2, 0.8]), 2).tolist() == [0, 30]
 
 
+def test_the_oracle_shows_each_spans_middle_then_spreads_over_the_spans():
+    times = np.arange(100) / 10.0  # 10 s at 10 fps
+    assert fs.oracle_frames(times, SPANS, 2).tolist() == [15, 55]  # one frame per span: recall 1
+    assert fs.oracle_frames(times, SPANS, 4).tolist() == [10, 15, 55, 60]  # then spread over the other frames
+    assert fs.oracle_frames(times, SPANS, 1).tolist() == [15]
+    assert fs.oracle_frames(times, [(1.0, 1.2)], 8).tolist() == [10, 11, 12]  # a short span: all its frames
+    chosen = fs.oracle_frames(times, SPANS, 8)
+    assert len(chosen) == 8 and fs.evidence_precision(times[chosen], SPANS) == 1.0
+
+
 def row(recall: float, precision: float, correct: bool, calls: int, analysis: int = 0, seconds: float = 1.0,
         names_moment: bool = False) -> dict:
     return {"recall": recall, "precision": precision, "correct": correct, "vlm_calls": calls,
@@ -77,6 +87,9 @@ def test_air_against_uniform_in_points_with_ratios_and_targets():
     assert c["met_recall"] is True
     assert c["accuracy_gain_pts"] == pytest.approx(2.0) and c["met_accuracy"] is False
     assert c["analysis_calls_bound"] == 72 and c["met_analysis_bound"] is True
+    assert "accuracy_oracle_gain_pts" not in c
+    results[fs.ORACLE] = {8: {"evidence_recall": 1.0, "qa_accuracy": 0.58}}
+    assert fs.compare(results, 8, AirConfig())["accuracy_oracle_gain_pts"] == pytest.approx(8.0)
     results[fs.UNIFORM][8]["evidence_recall"] = 0.0
     assert fs.compare(results, 8, AirConfig())["recall_air_over_uniform"] is None
     assert fs.compare({fs.AIR: {}}, 8, AirConfig()) == {}
@@ -124,6 +137,9 @@ def test_the_core_runs_every_method_at_every_budget_on_a_tiny_video(tmp_path: Pa
     assert (results[fs.UNIFORM][2]["evidence_recall"], results[fs.UNIFORM][2]["qa_accuracy"]) == (0.0, 0.0)
     assert results[fs.UNIFORM][4]["evidence_recall"] == 1.0 and results[fs.UNIFORM][4]["evidence_precision"] == 0.25
     assert results[fs.UNIFORM][4]["qa_accuracy"] == 1.0 and results[fs.UNIFORM][4]["vlm_calls_per_video"] == 1
+    # the oracle shows only evidence frames, so the VLM double answers right at both budgets
+    assert all(results[fs.ORACLE][b]["evidence_precision"] == results[fs.ORACLE][b]["qa_accuracy"] == 1.0 for b in (2, 4))
+    assert report["comparisons"][2]["accuracy_oracle_gain_pts"] == pytest.approx(100.0)
     # ViTL grounds inside the evidence: everything it reads is evidence; two calls per question
     for budget in (2, 4):
         vitl = results[fs.VITL][budget]

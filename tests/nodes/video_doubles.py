@@ -1,5 +1,5 @@
 """Test doubles for the video QA nodes: frames that tell their own index, and VLMs that answer by a known
-rule or from a script, recording what they were asked."""
+rule or from a script (and score answers by them), recording what they were asked."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,6 +8,7 @@ import numpy as np
 
 from nodes.video_decode import VideoDecodeError
 from nodes.vlm import VlmAdapter
+from nodes.vlm.parsing import parse_choice
 
 IMAGE_SIDE = 4
 BYTE = 256
@@ -56,6 +57,12 @@ class RuleVlm(VlmAdapter):
         if isinstance(answer, Exception):
             raise answer
         return [answer] * n_samples
+
+    def score_answers(self, images, prompt, answers):
+        """The rule's answer read as a choice scores 0, every other answer −10 (all −10 if none is chosen)."""
+        (text,) = self.generate(images, prompt, max_new_tokens=1)
+        choice = parse_choice(text, len(answers), answers)
+        return np.array([0.0 if i == choice else -10.0 for i in range(len(answers))])
 
 
 class ScriptedVlm(VlmAdapter):

@@ -174,6 +174,9 @@ def test_a_served_vlm_answers_as_the_checkpoint_does_in_process(serving: str) ->
     local = load_vlm({"hf": VLM_DIR, "device": "cpu", "dtype": "float32"})
     for options in ({"max_new_tokens": 6}, {"max_new_tokens": 4, "n_samples": 2, "temperature": 1.0, "seed": 3}):
         assert served.generate([frame], CAPTION_PROMPT, **options) == local.generate([frame], CAPTION_PROMPT, **options)
+    answers = ["the red circle", "no shape", "B"]
+    np.testing.assert_allclose(served.score_answers([frame], CAPTION_PROMPT, answers),
+                               local.score_answers([frame], CAPTION_PROMPT, answers), atol=ATOL)
     with pytest.raises(ValueError, match=r"images\[0\]"):  # refused before any request is sent
         served.generate([frame[..., 0]], CAPTION_PROMPT, max_new_tokens=2)
 
