@@ -20,7 +20,7 @@ reported apart), so the figures compare selection, not decoding. Each video–qu
 A.I.R. run, as in the paper's benchmarks where a video has one question.
 
     python benchmarks/frame_selection.py [--quick] [--clip DIR] [--vlm DIR] [--videos N] [--seconds S]
-                                         [--budgets 8,16,32] [--methods uniform,air,...]
+                                         [--budgets 8,16,32] [--methods uniform,air,...] [--answer-by likelihood]
 
 A table, then one JSON object with every figure as the last line.
 """

@@ -9,8 +9,8 @@ Two ways to answer (`answer_by`):
 - likelihood (backends that see the logits: local checkpoints): every option's text is scored as the
   reply and the likeliest wins, as multiple-choice benchmarks score small language models; there is
   no invalid answer, and confidence is the winner's softmax share over the options' log-likelihoods.
-  The project's small VLM answers with an option's text but, unconstrained, often names a shape that
-  is no option (held-out 300 s videos: 37–69 % invalid).
+  A small VLM trained to answer with an option's text (`groundloop train vlm --qa-target text`) often
+  names, unconstrained, a shape that is no option: 37–69 % invalid on the benchmark's 300 s videos.
 No valid answer at all is an Answer with choice −1, counted, never an exception.
 """
 from __future__ import annotations
