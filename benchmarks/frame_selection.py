@@ -44,8 +44,8 @@ from nodes.air.selector import select_frames_air
 from nodes.air.time_anchor import question_moments
 from nodes.clip.embedder import ClipEmbedder
 from nodes.video_decode import iter_frames, select_frames
-from nodes.video_qa import (ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD, answer_prompt, choose_by_likelihood,
-                            fetch_images, vote_on_answers)
+from nodes.video_qa import (ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD, VideoQaParams, answer_prompt,
+                            answer_question, fetch_images)
 from nodes.vitl import VitlParams, video_in_the_loop
 from nodes.vlm import VlmAdapter
 
@@ -212,25 +212,24 @@ def oracle_frames(times_s: np.ndarray, spans: Sequence[Span], budget: int) -> np
     return np.union1d(middles, more)
 
 
-def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], item: QaItem,
-                answer_by: str) -> Outcome:
+def answer_from(vlm: VlmAdapter, frames: MemoryFrames, chosen: Sequence[int], params: VideoQaParams) -> Outcome:
     """The VLM answers from the chosen frames in time order, as VideoQuestionAnswer asks it."""
     kept, images, _ = fetch_images(frames, sorted(int(i) for i in chosen))
-    prompt = answer_prompt(item.question, item.options)
-    vote = (choose_by_likelihood(vlm, images, prompt, item.options) if answer_by == ANSWER_BY_LIKELIHOOD else
-            vote_on_answers(vlm, images, prompt, len(item.options), option_texts=item.options))
+    vote = answer_question(vlm, images, answer_prompt(params.question, params.options), params)
     return Outcome(kept, vote.choice, 1)
 
 
 def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: np.ndarray | None,
                scan: Prescan | None, vlm: VlmAdapter, settings: Settings) -> Outcome:
     frames = case.frames
+    qa = VideoQaParams(video=case.name, question=item.question, options=item.options, vlm=settings.vlm_spec,
+                       answer_by=settings.answer_by)  # what the answering node would be given
     if method == UNIFORM:
-        return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), item, settings.answer_by)
+        return answer_from(vlm, frames, uniform_frames(len(frames.times_s), budget), qa)
     if method == ORACLE:
-        return answer_from(vlm, frames, oracle_frames(frames.times_s, item.evidence, budget), item, settings.answer_by)
+        return answer_from(vlm, frames, oracle_frames(frames.times_s, item.evidence, budget), qa)
     if method == CLIP_TOPK:
-        return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), item, settings.answer_by)
+        return answer_from(vlm, frames, topk_frames(scan.indices, scores, budget), qa)
     if method in (AIR, AIR_PAPER):
         S = np.full(len(frames.times_s), np.nan)
         S[scan.indices] = scores
@@ -238,13 +237,11 @@ def run_method(method: str, case: VideoCase, item: QaItem, budget: int, scores: 
                                     times_s=frames.times_s if settings.air.frame_time else None)
         moments = item.moments_s if method == AIR else []
         selected = select_frames_air(S, frames.times_s, analyser, settings.air, budget=budget, moments_s=moments)
-        answered = answer_from(vlm, frames, selected.frame_indices, item, settings.answer_by)
+        answered = answer_from(vlm, frames, selected.frame_indices, qa)
         calls = analyser.counts[COUNTER_VLM_CALLS]
         return Outcome(answered.frames, answered.choice, calls + answered.vlm_calls, calls)
     if method == VITL:
-        params = VitlParams(video=case.name, question=item.question, options=item.options, vlm=settings.vlm_spec,
-                            budget=budget, answer_by=settings.answer_by)
-        result = video_in_the_loop(vlm, frames, params)
+        result = video_in_the_loop(vlm, frames, VitlParams(**qa.model_dump(), budget=budget))
         return Outcome(result.answer_frames, result.vote.choice, 2)
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 

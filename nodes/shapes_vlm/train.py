@@ -185,8 +185,11 @@ class Tally:
         for row in range(len(batch.labels)):
             positions = np.flatnonzero(batch.labels[row] != IGNORE_INDEX)
             truth, guess = batch.labels[row, positions], predicted[row, positions - 1]  # (A,)
-            if batch.task in (CAPTION, QA):  # greedy decoding would emit the whole target
-                (self.captions if batch.task == CAPTION else self.answers).append(bool((truth == guess).all()))
+            whole = bool((truth == guess).all())  # greedy decoding would emit the whole target
+            if batch.task == CAPTION:
+                self.captions.append(whole)
+            elif batch.task == QA:
+                self.answers.append(whole)
             else:
                 at = positions[np.isin(truth, self.score_digits).argmax()] - 1
                 digits = torch.softmax(logits[row, at, self.score_digits].float(), -1).cpu().numpy()  # (5,)
