@@ -9,7 +9,8 @@ them (ViTL answers in its own second stage, as its node does). Per method and bu
   (a "how many times" question needs every appearance seen), averaged over questions;
 - evidence precision: the share of selected frames whose time falls in one of the question's spans;
 - the recall apart on the questions that name a moment ("at about 2:34") and on the rest;
-- QA accuracy: the VLM's choice is the scripted answer;
+- QA accuracy: the VLM's choice is the scripted answer; A.I.R.'s gain over uniform comes with a 95 %
+  interval from a paired bootstrap over the questions (a few dozen questions cannot resolve 5 points);
 - beside the methods, "evidence (oracle)" reads the ground truth: frames inside the evidence spans,
   the most any selector could show the VLM. Its QA accuracy over uniform's is what a perfect selector
   would gain with this VLM, the yardstick for A.I.R.'s QA gain;
@@ -20,9 +21,11 @@ reported apart), so the figures compare selection, not decoding. Each video–qu
 A.I.R. run, as in the paper's benchmarks where a video has one question.
 
     python benchmarks/frame_selection.py [--quick] [--clip DIR] [--vlm DIR] [--videos N] [--seconds S]
-                                         [--budgets 8,16,32] [--methods uniform,air,...] [--answer-by likelihood]
+                                         [--budgets 8,16,32] [--methods uniform,air,...] [--answer-by generate]
+                                         [--rows FILE]
 
-A table, then one JSON object with every figure as the last line.
+A table, then one JSON object with every figure as the last line (QA accuracy also per question kind;
+`--rows` writes each question's outcome).
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ PRESCAN_FPS = 1.0  # A.I.R.'s scan rate
 PRESCAN_BATCH = 32
 TARGET_RECALL_GAIN_PTS = 20.0  # A.I.R. over uniform, evidence recall, same budget
 TARGET_ACCURACY_GAIN_PTS = 5.0  # A.I.R. over uniform, QA accuracy, same budget
+BOOTSTRAP_RESAMPLES, CI_LEVEL = 2000, 0.95  # the QA gain's interval over resampled questions
 POINTS = 100.0
 EXIT_MISSING_MODEL = 2
 
@@ -177,7 +181,7 @@ class Settings:
     prescan_fps: float = PRESCAN_FPS
     air: AirConfig = field(default_factory=AirConfig)
     vlm_spec: dict[str, Any] = field(default_factory=lambda: {"hf": DEFAULT_VLM})  # ViTL's params name it
-    answer_by: str = ANSWER_BY_GENERATION  # how every method's final answer is read (nodes.video_qa)
+    answer_by: str = ANSWER_BY_LIKELIHOOD  # how every method's final answer is read (nodes.video_qa)
 
 
 @dataclass
@@ -188,6 +192,11 @@ class Outcome:
     choice: int | None
     vlm_calls: int
     analysis_calls: int = 0
+
+
+def question_kind(question_id: str) -> str:
+    """The kind of a generated question, from its id `<kind>-<k>` (sim.shapes_world.questions)."""
+    return question_id.rsplit("-", 1)[0]
 
 
 def uniform_frames(n_frames: int, budget: int) -> np.ndarray:
@@ -261,11 +270,24 @@ def summarise(rows: list[dict[str, Any]], n_videos: int, prescan_s: float, metho
         "moment_questions": len(by_moment[True]),
         "evidence_precision": float(np.mean([r["precision"] for r in rows])),
         "qa_accuracy": float(np.mean([r["correct"] for r in rows])),
+        "qa_accuracy_by_kind": {kind: float(np.mean([r["correct"] for r in rows if r["kind"] == kind]))
+                                for kind in sorted({r["kind"] for r in rows})},
         "frames_per_question": float(np.mean([r["n_frames"] for r in rows])),
         "vlm_calls_per_video": calls / n_videos, "vlm_calls_per_question": calls / len(rows),
         "analysis_calls_max_per_question": max(r["analysis_calls"] for r in rows),
         "wall_s_per_video": seconds / n_videos, "questions": len(rows),
     }
+
+
+def paired_gain_ci(ours: Sequence[bool], base: Sequence[bool], *, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                   level: float = CI_LEVEL, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval, in points, of the accuracy gain `ours` − `base` over the same
+    questions (resampled in pairs): how far the gain could move with another draw of questions."""
+    diff = np.asarray(ours, np.float64) - np.asarray(base, np.float64)  # (Q,)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(n_resamples, len(diff)))  # (R, Q)
+    gains = POINTS * diff[picks].mean(axis=1)  # (R,)
+    tail = POINTS * (1.0 - level) / 2.0
+    return float(np.percentile(gains, tail)), float(np.percentile(gains, POINTS - tail))
 
 
 def compare(results: dict[str, dict[int, dict[str, Any]]], budget: int, air: AirConfig) -> dict[str, Any]:
@@ -309,7 +331,8 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
                 outcome = run_method(method, case, item, budget, scores, scan, vlm, settings)
                 seconds = time.perf_counter() - started + (text_s if method in CLIP_METHODS else 0.0)
                 times = case.frames.times_s[outcome.frames].tolist()
-                kept.append({"recall": evidence_recall(times, item.evidence), "n_frames": len(outcome.frames),
+                kept.append({"video": case.name, "question": item.id, "kind": question_kind(item.id),
+                             "recall": evidence_recall(times, item.evidence), "n_frames": len(outcome.frames),
                              "precision": evidence_precision(times, item.evidence), "seconds": seconds,
                              "correct": outcome.choice == item.answer, "vlm_calls": outcome.vlm_calls,
                              "analysis_calls": outcome.analysis_calls,
@@ -320,7 +343,13 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
     results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.methods}
     for (method, budget), kept in rows.items():
         results[method][budget] = summarise(kept, n_videos, prescan_s, method)
-    return {"results": results, "comparisons": {b: compare(results, b, settings.air) for b in settings.budgets},
+    comparisons = {b: compare(results, b, settings.air) for b in settings.budgets}
+    for budget, comparison in comparisons.items():
+        if comparison:  # the rows of both methods follow the same questions in the same order
+            correct = {m: [r["correct"] for r in rows[(m, budget)]] for m in (AIR, UNIFORM)}
+            comparison["accuracy_gain_ci95_pts"] = paired_gain_ci(correct[AIR], correct[UNIFORM])
+    per_question = [{"method": method, "budget": budget, **row} for (method, budget), kept in rows.items() for row in kept]
+    return {"results": results, "rows": per_question, "comparisons": comparisons,
             "decode_s_per_video": sum(c.decode_s for c in cases) / n_videos, "prescan_s_per_video": prescan_s / n_videos,
             "n_videos": len(cases), "n_questions": sum(len(c.questions) for c in cases)}
 
@@ -379,7 +408,8 @@ def print_table(report: dict[str, Any], settings: Settings) -> None:
             continue
         print(f"A.I.R. / uniform at B={budget}: evidence recall ×{_fmt(c['recall_air_over_uniform'], '.2f')} "
               f"({c['recall_gain_pts']:+.1f} pts; target ≥ +{c['recall_target_pts']:.0f}: {_met(c['met_recall'])}), "
-              f"QA accuracy ×{_fmt(c['accuracy_air_over_uniform'], '.2f')} ({c['accuracy_gain_pts']:+.1f} pts; "
+              f"QA accuracy ×{_fmt(c['accuracy_air_over_uniform'], '.2f')} ({c['accuracy_gain_pts']:+.1f} pts, "
+              f"95 % CI {c['accuracy_gain_ci95_pts'][0]:+.1f} to {c['accuracy_gain_ci95_pts'][1]:+.1f}; "
               f"target ≥ +{c['accuracy_target_pts']:.0f}: {_met(c['met_accuracy'])}), analysis calls per question "
               f"≤ {report['results'][AIR][budget]['analysis_calls_max_per_question']} (bound C·I_max = "
               f"{c['analysis_calls_bound']}: {_met(c['met_analysis_bound'])})")
@@ -399,10 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions-per-video", type=int, default=None, help=f"default {DEFAULT_QUESTIONS}")
     parser.add_argument("--budgets", default=None, help="comma-separated frame budgets (default 8,16,32)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--answer-by", choices=(ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD), default=ANSWER_BY_GENERATION,
-                        help="read every method's answer from generated text, or take the option the VLM scores likeliest")
+    parser.add_argument("--answer-by", choices=(ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD), default=ANSWER_BY_LIKELIHOOD,
+                        help="take the option the VLM scores likeliest (as configs/video_qa_*.yaml do), or read every "
+                             "method's answer from generated text")
     parser.add_argument("--prescan-fps", type=float, default=PRESCAN_FPS)
     parser.add_argument("--device", default="auto", help="torch device of both models")
+    parser.add_argument("--rows", type=Path, default=None, help="also write every question's outcome here (JSON lines)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     problems = [p for p in (missing_model("clip", args.clip), missing_model("vlm", args.vlm)) if p]
@@ -436,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decode {report['decode_s_per_video']:.2f} s/video (apart); CLIP prescan at {args.prescan_fps:g} fps "
           f"{report['prescan_s_per_video']:.2f} s/video (in the CLIP methods' wall time)")
     print_table(report, settings)
+    rows = report.pop("rows")
+    if args.rows is not None:
+        args.rows.parent.mkdir(parents=True, exist_ok=True)
+        args.rows.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        print(f"per-question outcomes: {args.rows}")
     report.update(benchmark="frame_selection", quick=args.quick, clip=args.clip, vlm=args.vlm, seeds=seeds,
                   video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps, answer_by=args.answer_by,
                   air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max,

@@ -11,6 +11,7 @@ Two ways to answer (`answer_by`):
   no invalid answer, and confidence is the winner's softmax share over the options' log-likelihoods.
   A small VLM trained to answer with an option's text (`groundloop train vlm --qa-target text`) often
   names, unconstrained, a shape that is no option: 37–69 % invalid on the benchmark's 300 s videos.
+  configs/video_qa_air.yaml and video_qa_vitl.yaml answer the shipped VLM's way, by likelihood.
 No valid answer at all is an Answer with choice −1, counted, never an exception.
 """
 from __future__ import annotations

@@ -8,7 +8,8 @@
 #   3. + the picking stills (40 % of each batch), then the layer policy (mode 3) from 30 % of the budget
 # The shipped model came from these stages, except that stages 1 and 2 were cut by hand at steps 1500 and
 # 750 of longer budgets (9000 and 4000 steps), so their learning rates had barely begun to decay; here
-# each stage's cosine runs to its end.
+# each stage's cosine runs to its end. Stage 1 started from the shapes VLM shipped then (git df0d73c:
+# models/vlm_shapes); the one shipped now was fine-tuned further for video QA (scripts/train_vlm_shapes.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -33,9 +33,9 @@ within-±1 agreement.
 
 Splits are the shapes world's seed splits: training draws train-split scenes only, evaluation
 held-out ones only. Each scene lasts one of `scene_seconds`, chosen by its seed. The default is 60 s,
-which the shipped model trained on. A mix such as (60, 120, 300, 600) shows the model frame times and
-"at about 4:38" past 1:00, as the benchmark's 5-minute videos ask. A 55-minute CPU fine-tune on that mix
-did not raise A.I.R.'s recall, though (README, benchmarks).
+which the shipped model's first stage trained on; its later stages mix 60 and 300 s scenes
+(scripts/train_vlm_shapes.sh), which show frame times and "at about 4:38" past 1:00, as the
+benchmark's 5-minute videos ask.
 """
 from __future__ import annotations
 

@@ -50,6 +50,11 @@ def test_uniform_takes_segment_centres_and_topk_the_best_scores_in_time_order():
     assert fs.topk_frames(indices, np.array([0.9, 0.1, 0.2, 0.8]), 2).tolist() == [0, 30]
 
 
+def test_a_questions_kind_is_its_id_before_the_last_dash():
+    assert fs.question_kind("appear_colour-2") == "appear_colour"
+    assert fs.question_kind("vanish_first-0") == "vanish_first"
+
+
 def test_the_oracle_shows_each_spans_middle_then_spreads_over_the_spans():
     times = np.arange(100) / 10.0  # 10 s at 10 fps
     assert fs.oracle_frames(times, SPANS, 2).tolist() == [15, 55]  # one frame per span: recall 1
@@ -61,15 +66,16 @@ def test_the_oracle_shows_each_spans_middle_then_spreads_over_the_spans():
 
 
 def row(recall: float, precision: float, correct: bool, calls: int, analysis: int = 0, seconds: float = 1.0,
-        names_moment: bool = False) -> dict:
-    return {"recall": recall, "precision": precision, "correct": correct, "vlm_calls": calls,
+        names_moment: bool = False, kind: str = "count_appear") -> dict:
+    return {"kind": kind, "recall": recall, "precision": precision, "correct": correct, "vlm_calls": calls,
             "analysis_calls": analysis, "seconds": seconds, "n_frames": 8, "names_moment": names_moment}
 
 
 def test_summaries_average_per_question_and_charge_the_prescan_to_clip_methods_only():
-    rows = [row(1.0, 0.5, True, 10, 9, names_moment=True), row(0.5, 0.25, False, 20, 19)]
+    rows = [row(1.0, 0.5, True, 10, 9, names_moment=True, kind="appear_colour"), row(0.5, 0.25, False, 20, 19)]
     air = fs.summarise(rows, n_videos=2, prescan_s=3.0, method=fs.AIR)
     assert air["evidence_recall"] == 0.75 and air["evidence_precision"] == 0.375 and air["qa_accuracy"] == 0.5
+    assert air["qa_accuracy_by_kind"] == {"appear_colour": 1.0, "count_appear": 0.0}
     assert air["evidence_recall_moment_questions"] == 1.0 and air["evidence_recall_other_questions"] == 0.5
     assert air["moment_questions"] == 1
     assert fs.summarise(rows[1:], 1, 0.0, fs.AIR)["evidence_recall_moment_questions"] is None
@@ -77,6 +83,15 @@ def test_summaries_average_per_question_and_charge_the_prescan_to_clip_methods_o
     assert air["analysis_calls_max_per_question"] == 19 and air["wall_s_per_video"] == pytest.approx(2.5)
     uniform = fs.summarise(rows, n_videos=2, prescan_s=3.0, method=fs.UNIFORM)
     assert uniform["wall_s_per_video"] == pytest.approx(1.0)
+
+
+def test_the_gains_interval_resamples_questions_in_pairs():
+    same = [True, False] * 20
+    assert fs.paired_gain_ci(same, same) == (0.0, 0.0)  # identical answers: no gain under any resample
+    assert fs.paired_gain_ci([True] * 40, [False] * 40) == (100.0, 100.0)
+    lo, hi = fs.paired_gain_ci([True] * 10 + [False] * 30, [False] * 40)  # +25 points from 10 of 40 questions
+    assert lo < 25.0 < hi and 5.0 < lo and hi < 45.0
+    assert fs.paired_gain_ci([True] * 10 + [False] * 30, [False] * 40) == (lo, hi)  # seeded
 
 
 def test_air_against_uniform_in_points_with_ratios_and_targets():
@@ -157,6 +172,12 @@ def test_the_core_runs_every_method_at_every_budget_on_a_tiny_video(tmp_path: Pa
         assert comparison["analysis_calls_bound"] == SMALL_AIR.candidates * SMALL_AIR.i_max
         assert comparison["met_analysis_bound"] is True and isinstance(comparison["met_recall"], bool)
     assert report["prescan_s_per_video"] > 0
+    assert all(len(report["comparisons"][b]["accuracy_gain_ci95_pts"]) == 2 for b in (2, 4))
+    # one row per method, budget and question, each naming its question
+    assert len(report["rows"]) == len(fs.METHODS) * 2
+    assert {(r["method"], r["budget"]) for r in report["rows"]} == {(m, b) for m in fs.METHODS for b in (2, 4)}
+    assert all(r["video"] == "tiny" and r["question"] == "q-0" and r["kind"] == "q" for r in report["rows"])
+    assert results[fs.ORACLE][2]["qa_accuracy_by_kind"] == {"q": 1.0}
     json.dumps(report)  # every figure is plain JSON
 
 

@@ -12,6 +12,7 @@ import torch
 
 from pipeline import cli
 from pipeline.graph import GraphError, load_graph
+from nodes.video_qa import ANSWER_BY_LIKELIHOOD
 from tests.nodes.clip.tiny import build_tiny_clip, write_shapes_clip
 from tests.nodes.video_doubles import RuleVlm
 
@@ -34,6 +35,8 @@ def test_both_graphs_load_with_their_registered_nodes_and_edges():
     assert {n: s.uses for n, s in vitl.nodes.items()} == {"vitl": "VideoInTheLoop", "report": "VideoReport"}
     assert sorted(e.id for e in vitl.edges) == ["vitl/answer->report/answer", "vitl/spans->report/selection"]
     assert vitl.nodes["vitl"].params.vlm == {"hf": "models/vlm_shapes"}
+    # the shipped VLM answers by scoring the options
+    assert air.nodes["qa"].params.answer_by == vitl.nodes["vitl"].params.answer_by == ANSWER_BY_LIKELIHOOD
 
 
 def test_a_set_without_a_node_reaches_every_node_with_that_param():
