@@ -123,6 +123,7 @@ class MemoryFrames:
 @dataclass
 class QaItem:
     id: str
+    kind: str  # sim.shapes_world.questions.QUESTION_KINDS
     question: str
     options: list[str]
     answer: int
@@ -166,7 +167,7 @@ def load_case(video: Path, sidecar: dict[str, Any], n_questions: int) -> VideoCa
     decode_s = time.perf_counter() - started
     questions = sidecar["questions"]
     picked = np.random.default_rng(sidecar["seed"]).permutation(len(questions))[:n_questions]
-    items = [QaItem(q["id"], q["question"], q["options"], q["answer"], [tuple(s) for s in q["evidence"]])
+    items = [QaItem(q["id"], q["kind"], q["question"], q["options"], q["answer"], [tuple(s) for s in q["evidence"]])
              for q in (questions[i] for i in sorted(picked))]
     return VideoCase(video.stem, frames, items, decode_s)
 
@@ -192,11 +193,6 @@ class Outcome:
     choice: int | None
     vlm_calls: int
     analysis_calls: int = 0
-
-
-def question_kind(question_id: str) -> str:
-    """The kind of a generated question, from its id `<kind>-<k>` (sim.shapes_world.questions)."""
-    return question_id.rsplit("-", 1)[0]
 
 
 def uniform_frames(n_frames: int, budget: int) -> np.ndarray:
@@ -331,7 +327,7 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
                 outcome = run_method(method, case, item, budget, scores, scan, vlm, settings)
                 seconds = time.perf_counter() - started + (text_s if method in CLIP_METHODS else 0.0)
                 times = case.frames.times_s[outcome.frames].tolist()
-                kept.append({"video": case.name, "question": item.id, "kind": question_kind(item.id),
+                kept.append({"video": case.name, "question": item.id, "kind": item.kind,
                              "recall": evidence_recall(times, item.evidence), "n_frames": len(outcome.frames),
                              "precision": evidence_precision(times, item.evidence), "seconds": seconds,
                              "correct": outcome.choice == item.answer, "vlm_calls": outcome.vlm_calls,
