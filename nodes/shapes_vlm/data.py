@@ -8,8 +8,9 @@ Three tasks, each an image-prompt-answer triple whose answer comes from the scri
 - relevance: one frame + A.I.R.'s analysis prompt for a question (`nodes.air.analysis`), mostly with
   the frame's time in the video →
   "Score: <1-5>\\nReasoning: it shows <the shapes visible>." with the score from `relevance_scores`.
-- qa: a few frames in time order, some inside the question's evidence spans and some outside, + the
-  answering prompt (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop
+- qa: a few frames in time order, laid out as a frame selector would give them (`QA_LAYOUTS`: one
+  frame in each evidence span and the rest outside; evenly spread over the video, as uniform sampling
+  does; or clustered in and around the spans, as A.I.R. and the oracle do), + the answering prompt (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop
   sends them) → the right option's text ("the red circle appeared"), or with `qa_target="letter"` its
   letter. The prompt asks for the letter, as real VLMs answer; the nodes read either (`parse_choice`
   with the option texts). Letter targets left every model trained here at chance (held-out 0.28 after
@@ -76,6 +77,9 @@ TIMESTAMPS_P = 0.5  # QA prompts that state the frames' times (Video-in-the-Loop
 IGNORE_INDEX = -100  # label of a token that is not part of an answer: no loss
 QA_TEXT, QA_LETTER = "text", "letter"  # what a QA example's answer is: the right option's text, or its letter
 QA_TARGETS = (QA_TEXT, QA_LETTER)
+QA_SPANS, QA_UNIFORM, QA_CLUSTERS = "spans", "uniform", "clusters"  # how a QA example's frames lie (qa_frame_layout)
+QA_LAYOUTS = (QA_SPANS, QA_UNIFORM, QA_CLUSTERS)
+CLUSTER_REACH_S = 5.0  # a cluster's frames lie in its span widened by up to this much either side
 SCENE_SECONDS = (60.0,)  # scene lengths, one drawn per seed (see ShapesTasks.duration_s)
 DURATION_STREAM = 11  # the seed's random stream that picks its scene length, apart from the script's
 LABEL = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
@@ -173,16 +177,20 @@ class ShapesTasks:
     """Examples of every task from one split's scenes; scripts and questions are made on first use."""
 
     def __init__(self, split: str, n_scenes: int, frame_size: int = 224, qa_frames: int = QA_FRAMES,
-                 seed_start: int = 0, scene_seconds: tuple[float, ...] = SCENE_SECONDS, qa_target: str = QA_TEXT):
+                 seed_start: int = 0, scene_seconds: tuple[float, ...] = SCENE_SECONDS, qa_target: str = QA_TEXT,
+                 qa_layouts: tuple[str, ...] = (QA_SPANS,)):
         if not scene_seconds or min(scene_seconds) <= 0:
             raise ValueError(f"scene_seconds must hold positive lengths, got {scene_seconds}")
         if qa_target not in QA_TARGETS:
             raise ValueError(f"qa_target must be one of {', '.join(QA_TARGETS)}, got {qa_target!r}")
+        if not qa_layouts or set(qa_layouts) - set(QA_LAYOUTS):
+            raise ValueError(f"qa_layouts must be some of {', '.join(QA_LAYOUTS)}, got {qa_layouts}")
         self.config = SceneConfig(width=frame_size, height=frame_size)
         self.seeds = seeds_for(split, n_scenes, seed_start)
         self.qa_frames = qa_frames
         self.scene_seconds = tuple(scene_seconds)
         self.qa_target = qa_target
+        self.qa_layouts = tuple(qa_layouts)
         self._scenes: dict[int, SceneInfo] = {}
 
     def duration_s(self, seed: int) -> float:
@@ -239,9 +247,41 @@ class ShapesTasks:
         picked += [pool[i] for i in rng.permutation(len(pool))[: self.qa_frames - len(picked)]]
         return sorted(picked)
 
+    def qa_uniform_indices(self, info: SceneInfo, rng: np.random.Generator) -> list[int]:
+        """n frames evenly spread over the video at a random phase: what uniform sampling shows."""
+        n_frames = info.scene.config.n_frames
+        phase = rng.random()
+        return sorted({int((k + phase) * n_frames / self.qa_frames) for k in range(self.qa_frames)})
+
+    def qa_cluster_indices(self, info: SceneInfo, question: Question, rng: np.random.Generator) -> list[int]:
+        """One frame in each of up to n spans, then frames near them (each span widened by up to
+        CLUSTER_REACH_S either side) until n: the dense runs around the evidence that a selector which
+        found it gives, with the moments just before and after an event; sorted."""
+        fps = info.scene.config.fps
+        times_s = np.arange(info.scene.config.n_frames) / fps
+        spans = [question.evidence[i] for i in rng.permutation(len(question.evidence))[: self.qa_frames]]
+        picked: set[int] = set()
+        for span in spans:
+            inside = np.flatnonzero(in_spans(times_s, [span]))
+            if len(inside):
+                picked.add(int(inside[rng.integers(len(inside))]))
+        reach = [(lo - rng.uniform(0, CLUSTER_REACH_S), hi + rng.uniform(0, CLUSTER_REACH_S)) for lo, hi in spans]
+        near = [int(f) for f in np.flatnonzero(in_spans(times_s, reach)) if f not in picked]
+        picked.update(near[i] for i in rng.permutation(len(near))[: self.qa_frames - len(picked)])
+        return sorted(picked)
+
+    def qa_frame_layout(self, info: SceneInfo, question: Question, rng: np.random.Generator) -> list[int]:
+        """The frames of one QA example, in one of the task's layouts drawn at random."""
+        layout = self.qa_layouts[rng.integers(len(self.qa_layouts))]
+        if layout == QA_UNIFORM:
+            return self.qa_uniform_indices(info, rng)
+        if layout == QA_CLUSTERS:
+            return self.qa_cluster_indices(info, question, rng)
+        return self.qa_frame_indices(info, question, rng)
+
     def qa(self, rng: np.random.Generator) -> Example:
         info, question = self._with_questions(rng)
-        frames = self.qa_frame_indices(info, question, rng)
+        frames = self.qa_frame_layout(info, question, rng)
         times = [info.scene.seconds(f) for f in frames] if rng.random() < TIMESTAMPS_P else None
         prompt = answer_prompt(question.question, question.options, times)
         target = question.options[question.answer] if self.qa_target == QA_TEXT else OPTION_LETTERS[question.answer]

@@ -35,8 +35,8 @@ from nodes.clip.model import MissingModelError, require_model_dir
 from nodes.clip.processing import ImagePreprocessor
 from nodes.model_dir import atomic_torch_save, load_train_state, resolve_device
 from nodes.shapes_vlm.config import VlmShapesConfig, image_tokens
-from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_FRAMES, QA_TARGETS, QA_TEXT, RELEVANCE,
-                                   SCENE_SECONDS, TASKS, Batch, Encoder, ShapesTasks)
+from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_FRAMES, QA_LAYOUTS, QA_SPANS, QA_TARGETS, QA_TEXT,
+                                   RELEVANCE, SCENE_SECONDS, TASKS, Batch, Encoder, ShapesTasks)
 from nodes.shapes_vlm.model import (DEFAULT_CLIP_DIR, DEFAULT_MODEL_DIR, LM, PROJECTOR, VISION, build_vlm, model_parts,
                                     read_meta, save_vlm_dir)
 from nodes.train_budget import add_run_arguments, budget_seconds, run_progress, trainer_main, warmup_cosine_lr
@@ -97,6 +97,7 @@ class TrainOptions:
     qa_frames: int = QA_FRAMES
     scene_seconds: tuple[float, ...] = SCENE_SECONDS
     qa_target: str = QA_TEXT
+    qa_layouts: tuple[str, ...] = (QA_SPANS,)
     log_every: int = 25
     eval_every: int = 500
     checkpoint_every: int = 250
@@ -289,9 +290,11 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
         elapsed_s, curve, last_eval = state["elapsed_s"], state["curve"], state["heldout"]
     model.to(device).train()
     train_tasks = ShapesTasks(TRAIN, options.train_scenes, options.frame_size, options.qa_frames,
-                              scene_seconds=options.scene_seconds, qa_target=options.qa_target)
+                              scene_seconds=options.scene_seconds, qa_target=options.qa_target,
+                             qa_layouts=options.qa_layouts)
     eval_tasks = ShapesTasks(HELDOUT, options.eval_scenes, options.frame_size, options.qa_frames,
-                             scene_seconds=options.scene_seconds, qa_target=options.qa_target)
+                             scene_seconds=options.scene_seconds, qa_target=options.qa_target,
+                             qa_layouts=options.qa_layouts)
     options.run_dir.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     minutes = "-" if options.budget_s is None else f"{options.budget_s / 60:.1f} min"
@@ -306,7 +309,8 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
                           "init": str(options.init) if options.init is not None else None,
                           "stages": [asdict(stage) for stage in options.stages],
                           "split": {"train": TRAIN, "heldout": HELDOUT}, "seed": options.seed,
-                          "scene_seconds": list(options.scene_seconds), "qa_target": options.qa_target},
+                          "scene_seconds": list(options.scene_seconds), "qa_target": options.qa_target,
+                          "qa_layouts": list(options.qa_layouts)},
                 "heldout": last_eval}
         save_vlm_dir(model, processor, config, options.out, meta)
         atomic_torch_save({"format": STATE_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
@@ -399,7 +403,7 @@ def _options_from_args(args: argparse.Namespace) -> TrainOptions:
                         eval_relevance=args.eval_relevance, eval_qa=args.eval_qa, eval_captions=args.eval_captions,
                         frame_size=args.frame_size, qa_frames=args.qa_frames,
                         scene_seconds=tuple(float(v) for v in args.scene_seconds.split(",")), qa_target=args.qa_target,
-                        log_every=args.log_every,
+                        qa_layouts=tuple(args.qa_layouts.split(",")), log_every=args.log_every,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
                         device=args.device, threads=args.threads, data_workers=args.data_workers,
                         resume=args.resume, progress=not args.no_progress)
@@ -451,6 +455,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated scene lengths, one drawn per scene by its seed")
     p.add_argument("--qa-target", choices=QA_TARGETS, default=defaults.qa_target,
                    help="a question's answer: the right option's text, or its letter")
+    p.add_argument("--qa-layouts", default=",".join(defaults.qa_layouts),
+                   help=f"comma-separated layouts of a question's frames, one drawn per example: {', '.join(QA_LAYOUTS)} "
+                        "(nodes/shapes_vlm/data.py)")
     p.add_argument("--hidden-size", type=int, default=arch.hidden_size, help="width of the language model")
     p.add_argument("--layers", type=int, default=arch.layers, help="language-model layers")
     p.add_argument("--heads", type=int, default=arch.heads)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from nodes.air.analysis import parse_judgement
-from nodes.shapes_vlm.data import (CAPTION, IGNORE_INDEX, QA, QA_LETTER, RELEVANCE, Encoder, SceneInfo, ShapesTasks,
-                                   describe, relevance_scores)
+from nodes.shapes_vlm.data import (CAPTION, CLUSTER_REACH_S, IGNORE_INDEX, QA, QA_CLUSTERS, QA_LAYOUTS, QA_LETTER,
+                                   QA_SPANS, QA_UNIFORM, RELEVANCE, Encoder, SceneInfo, ShapesTasks, describe,
+                                   relevance_scores)
 from nodes.shapes_vlm.model import build_tokenizer
 from nodes.video_qa import OPTION_LETTERS
 from nodes.vlm.parsing import parse_choice
@@ -97,6 +98,47 @@ def test_qa_frames_show_the_evidence_and_are_in_time_order() -> None:
     scores = relevance_scores(info.scene, info.questions[0], info.labels, info.visible)
     assert frames == sorted(frames) and len(set(frames)) == tasks.qa_frames
     assert (scores[frames] == 5).sum() == 2  # one evidence frame per span, the rest outside the spans
+
+
+def test_uniform_layout_spreads_the_frames_evenly_over_the_video() -> None:
+    info = hand_made()
+    tasks = ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_frames=4)
+    frames = tasks.qa_uniform_indices(info, np.random.default_rng(0))
+    assert len(frames) == 4 and frames == sorted(frames)
+    assert set(np.diff(frames).tolist()) <= {24, 25, 26}  # 100 frames / 4, whatever the phase
+    assert frames[0] < 25
+
+
+def test_cluster_layout_sees_every_span_and_stays_near_the_spans() -> None:
+    info = hand_made()
+    question = info.questions[0]  # spans 5–6 s and 6.5–7.5 s
+    tasks = ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_frames=6)
+    for seed in range(5):
+        times_s = np.array(tasks.qa_cluster_indices(info, question, np.random.default_rng(seed))) / FPS
+        assert len(times_s) == 6 and (np.diff(times_s) > 0).all()
+        for lo, hi in question.evidence:
+            assert ((times_s >= lo) & (times_s <= hi)).any()
+        assert times_s.min() >= 5.0 - CLUSTER_REACH_S and times_s.max() <= 7.5 + CLUSTER_REACH_S
+
+
+def test_qa_examples_draw_their_layout_from_the_given_ones() -> None:
+    info = hand_made()
+    question = info.questions[0]
+    tasks = ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_frames=4, qa_layouts=QA_LAYOUTS)
+    makers = {QA_SPANS: lambda rng: tasks.qa_frame_indices(info, question, rng),
+              QA_UNIFORM: lambda rng: tasks.qa_uniform_indices(info, rng),
+              QA_CLUSTERS: lambda rng: tasks.qa_cluster_indices(info, question, rng)}
+    drawn = set()
+    for seed in range(20):
+        replay = np.random.default_rng(seed)
+        layout = QA_LAYOUTS[replay.integers(len(QA_LAYOUTS))]
+        assert tasks.qa_frame_layout(info, question, np.random.default_rng(seed)) == makers[layout](replay)
+        drawn.add(layout)
+    assert drawn == set(QA_LAYOUTS)
+    with pytest.raises(ValueError, match="qa_layouts"):
+        ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_layouts=("spans", "everywhere"))
+    with pytest.raises(ValueError, match="qa_layouts"):
+        ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_layouts=())
 
 
 def test_a_batch_holds_one_task_and_labels_only_the_answer(tiny_clip_dir) -> None:
