@@ -360,22 +360,25 @@ def missing_model(kind: str, path: str) -> str | None:
     return f"no {kind.upper()} model at {path} (no {MODEL_MARKER}): make it with `{TRAIN_COMMANDS[kind].format(path=path)}`"
 
 
-def heldout_videos(data: Path, n_videos: int, seconds: float) -> dict[int, Path]:
-    """Generate (or reuse) `n_videos` held-out videos of `seconds` each under `data`; video by seed."""
+def heldout_videos(data: Path, n_videos: int, seconds: float, skip: int = 0) -> dict[int, Path]:
+    """Generate (or reuse) `n_videos` held-out videos of `seconds` each under `data`, after the first
+    `skip` held-out seeds (a fresh test set once the first ones have guided choices); video by seed."""
     from sim.shapes_world.dataset import HELDOUT, VIDEO_SUFFIX, generate_dataset, seeds_for, stem
     from sim.shapes_world.scene import SceneConfig
 
     out = data / f"heldout_{seconds:g}s"
-    generate_dataset(out, n_videos, SceneConfig(duration_s=seconds), seed_start=HELDOUT_SEED_START, split=HELDOUT,
-                     progress=False)
-    return {seed: out / (stem(seed) + VIDEO_SUFFIX) for seed in seeds_for(HELDOUT, n_videos, HELDOUT_SEED_START)}
+    generate_dataset(out, skip + n_videos, SceneConfig(duration_s=seconds), seed_start=HELDOUT_SEED_START,
+                     split=HELDOUT, progress=False)
+    seeds = seeds_for(HELDOUT, skip + n_videos, HELDOUT_SEED_START)[skip:]
+    return {seed: out / (stem(seed) + VIDEO_SUFFIX) for seed in seeds}
 
 
-def make_cases(data: Path, n_videos: int, seconds: float, n_questions: int) -> tuple[list[VideoCase], list[int]]:
+def make_cases(data: Path, n_videos: int, seconds: float, n_questions: int,
+               skip: int = 0) -> tuple[list[VideoCase], list[int]]:
     """The held-out videos decoded, with their questions; the cases and their seeds."""
     from sim.shapes_world.dataset import SIDECAR_SUFFIX
 
-    videos = heldout_videos(data, n_videos, seconds)
+    videos = heldout_videos(data, n_videos, seconds, skip)
     cases = [load_case(video, json.loads(video.with_suffix(SIDECAR_SUFFIX).read_text()), n_questions)
              for video in videos.values()]
     return cases, list(videos)
@@ -421,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm", default=DEFAULT_VLM, help="VLM checkpoint directory (Hugging Face format)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="where the held-out videos are generated (reused)")
     parser.add_argument("--videos", type=int, default=None, help=f"held-out videos (default {DEFAULT_VIDEOS})")
+    parser.add_argument("--skip-videos", type=int, default=0,
+                        help="start after this many held-out videos (e.g. 16: videos 17.. as a fresh test set)")
     parser.add_argument("--seconds", type=float, default=None, help=f"length of each video (default {DEFAULT_SECONDS:g})")
     parser.add_argument("--questions-per-video", type=int, default=None, help=f"default {DEFAULT_QUESTIONS}")
     parser.add_argument("--budgets", default=None, help="comma-separated frame budgets (default 8,16,32)")
@@ -453,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     from nodes.clip.embedder import load_embedder
     from nodes.vlm import load_vlm
 
-    cases, seeds = make_cases(Path(args.data), n_videos, seconds, n_questions)
+    if args.skip_videos < 0:
+        parser.error(f"--skip-videos must be >= 0, got {args.skip_videos}")
+    cases, seeds = make_cases(Path(args.data), n_videos, seconds, n_questions, args.skip_videos)
     embedder, vlm = load_embedder(args.clip, device=args.device), load_vlm(settings.vlm_spec)
     print(f"held-out shapes-world: {len(cases)} videos of {seconds:g} s (seeds {seeds[0]}..{seeds[-1]}), "
           f"{sum(len(c.questions) for c in cases)} questions; CLIP {args.clip}, VLM {args.vlm}", flush=True)
@@ -470,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rows.write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"per-question outcomes: {args.rows}")
     report.update(benchmark="frame_selection", quick=args.quick, clip=args.clip, vlm=args.vlm, seeds=seeds,
+                  skip_videos=args.skip_videos,
                   video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps, answer_by=args.answer_by,
                   air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max,
                               "time_anchor_weight": settings.air.time_anchor_weight,
