@@ -8,15 +8,16 @@ Three tasks, each an image-prompt-answer triple whose answer comes from the scri
 - relevance: one frame + A.I.R.'s analysis prompt for a question (`nodes.air.analysis`), mostly with
   the frame's time in the video →
   "Score: <1-5>\\nReasoning: it shows <the shapes visible>." with the score from `relevance_scores`.
-- qa: a few frames in time order, laid out as a frame selector would give them (`QA_LAYOUTS`: one
-  frame in each evidence span and the rest outside; evenly spread over the video, as uniform sampling
-  does; or clustered in and around the spans, as A.I.R. and the oracle do), + the answering prompt (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop
-  sends them) → the right option's text ("the red circle appeared"), or with `qa_target="letter"` its
-  letter. The prompt asks for the letter, as real VLMs answer; the nodes read either (`parse_choice`
-  with the option texts). Letter targets left every model trained here at chance (held-out 0.28 after
-  the H200 run): mapping a letter back to its option is an indirection a 4.5M-parameter LM did not
-  learn, while naming what the frames show is the caption task it already does. 24 CPU minutes of
-  text targets from the letter-trained model reached 0.54 held-out (0.42 with blank frames).
+- qa: a few frames in time order, laid out as a frame selector would give them (`QA_LAYOUTS`: one frame
+  in each evidence span and the rest outside; evenly spread over the video, as uniform sampling does; or
+  clustered in and around the spans, as A.I.R. and the oracle do), + the answering prompt
+  (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop sends them) → the
+  right option's text ("the red circle appeared"), or with `qa_target="letter"` its letter. The prompt
+  asks for the letter, as real VLMs answer; the nodes read either (`parse_choice` with the option texts).
+  Letter targets left every model trained here at chance (held-out 0.28 after the H200 run): mapping a
+  letter back to its option is an indirection a 4.5M-parameter LM did not learn, while naming what the
+  frames show is the caption task it already does. 24 CPU minutes of text targets from the letter-trained
+  model reached 0.54 held-out (0.42 with blank frames).
 
 The relevance rule, per frame of a question (K: the key shapes, the shapes named in the question and
 its right answer; for a colour answer, which names no shape, the shape of that colour that appeared
@@ -257,8 +258,7 @@ class ShapesTasks:
         """One frame in each of up to n spans, then frames near them (each span widened by up to
         CLUSTER_REACH_S either side) until n: the dense runs around the evidence that a selector which
         found it gives, with the moments just before and after an event; sorted."""
-        fps = info.scene.config.fps
-        times_s = np.arange(info.scene.config.n_frames) / fps
+        times_s = np.arange(info.scene.config.n_frames) / info.scene.config.fps
         spans = [question.evidence[i] for i in rng.permutation(len(question.evidence))[: self.qa_frames]]
         picked: set[int] = set()
         for span in spans:

@@ -291,7 +291,7 @@ def train_vlm(options: TrainOptions, config: VlmShapesConfig | None = None) -> d
     model.to(device).train()
     train_tasks = ShapesTasks(TRAIN, options.train_scenes, options.frame_size, options.qa_frames,
                               scene_seconds=options.scene_seconds, qa_target=options.qa_target,
-                             qa_layouts=options.qa_layouts)
+                              qa_layouts=options.qa_layouts)
     eval_tasks = ShapesTasks(HELDOUT, options.eval_scenes, options.frame_size, options.qa_frames,
                              scene_seconds=options.scene_seconds, qa_target=options.qa_target,
                              qa_layouts=options.qa_layouts)
