@@ -367,9 +367,8 @@ def heldout_videos(data: Path, n_videos: int, seconds: float, skip: int = 0) -> 
     from sim.shapes_world.scene import SceneConfig
 
     out = data / f"heldout_{seconds:g}s"
-    generate_dataset(out, skip + n_videos, SceneConfig(duration_s=seconds), seed_start=HELDOUT_SEED_START,
-                     split=HELDOUT, progress=False)
     seeds = seeds_for(HELDOUT, skip + n_videos, HELDOUT_SEED_START)[skip:]
+    generate_dataset(out, n_videos, SceneConfig(duration_s=seconds), seed_start=seeds[0], split=HELDOUT, progress=False)
     return {seed: out / (stem(seed) + VIDEO_SUFFIX) for seed in seeds}
 
 

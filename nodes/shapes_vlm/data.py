@@ -272,12 +272,10 @@ class ShapesTasks:
 
     def qa_frame_layout(self, info: SceneInfo, question: Question, rng: np.random.Generator) -> list[int]:
         """The frames of one QA example, in one of the task's layouts drawn at random."""
-        layout = self.qa_layouts[rng.integers(len(self.qa_layouts))]
-        if layout == QA_UNIFORM:
-            return self.qa_uniform_indices(info, rng)
-        if layout == QA_CLUSTERS:
-            return self.qa_cluster_indices(info, question, rng)
-        return self.qa_frame_indices(info, question, rng)
+        makers = {QA_SPANS: lambda: self.qa_frame_indices(info, question, rng),
+                  QA_UNIFORM: lambda: self.qa_uniform_indices(info, rng),
+                  QA_CLUSTERS: lambda: self.qa_cluster_indices(info, question, rng)}
+        return makers[self.qa_layouts[rng.integers(len(self.qa_layouts))]]()
 
     def qa(self, rng: np.random.Generator) -> Example:
         info, question = self._with_questions(rng)

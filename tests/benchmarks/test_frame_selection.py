@@ -189,9 +189,10 @@ def test_a_missing_model_names_the_command_that_makes_it(tmp_path: Path, capsys:
 def test_skipping_videos_takes_the_next_held_out_seeds(tmp_path: Path):
     from sim.shapes_world.dataset import HELDOUT, seeds_for
 
-    first = fs.heldout_videos(tmp_path, 2, 1.0)
-    later = fs.heldout_videos(tmp_path, 2, 1.0, skip=1)
     held_out = seeds_for(HELDOUT, 3, fs.HELDOUT_SEED_START)
-    assert list(first) == held_out[:2] and list(later) == held_out[1:]
-    assert later[held_out[1]] == first[held_out[1]]  # the video both runs name is generated once, reused
-    assert all(path.is_file() for path in later.values())
+    later = fs.heldout_videos(tmp_path, 2, 1.0, skip=1)
+    assert list(later) == held_out[1:] and all(path.is_file() for path in later.values())
+    assert len(list(later[held_out[1]].parent.glob("*.mp4"))) == 2  # the skipped video is not generated
+    first = fs.heldout_videos(tmp_path, 2, 1.0)
+    assert list(first) == held_out[:2]
+    assert first[held_out[1]] == later[held_out[1]]  # the video both runs name is reused
