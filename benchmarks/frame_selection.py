@@ -16,13 +16,15 @@ them (ViTL answers in its own second stage, as its node does). Per method and bu
   would gain with this VLM, the yardstick for A.I.R.'s QA gain;
 - VLM calls and wall time per video (all its questions; a CLIP method pays the video's prescan once),
   and A.I.R.'s analysis calls per question (one question is one A.I.R. run) against C·I_max.
-Frames are decoded once per video into memory and served to every method alike (decode time is
+The CLIP methods score each frame against the question and the question followed by each option, its
+best cosine (as ClipPrescan does when given the options); `--question-only-query` scores the question
+alone. Frames are decoded once per video into memory and served to every method alike (decode time is
 reported apart), so the figures compare selection, not decoding. Each video–question pair is one
 A.I.R. run, as in the paper's benchmarks where a video has one question.
 
     python benchmarks/frame_selection.py [--quick] [--clip DIR] [--vlm DIR] [--videos N] [--seconds S]
                                          [--budgets 8,16,32] [--methods uniform,air,...] [--answer-by generate]
-                                         [--rows FILE]
+                                         [--skip-videos N] [--question-only-query] [--rows FILE]
 
 A table, then one JSON object with every figure as the last line (QA accuracy also per question kind;
 `--rows` writes each question's outcome).
@@ -46,6 +48,7 @@ from nodes.air.config import AirConfig
 from nodes.air.selector import select_frames_air
 from nodes.air.time_anchor import question_moments
 from nodes.clip.embedder import ClipEmbedder
+from nodes.clip_prescan import query_scores, query_texts
 from nodes.video_decode import iter_frames, select_frames
 from nodes.video_qa import (ANSWER_BY_GENERATION, ANSWER_BY_LIKELIHOOD, VideoQaParams, answer_prompt,
                             answer_question, fetch_images)
@@ -183,6 +186,7 @@ class Settings:
     air: AirConfig = field(default_factory=AirConfig)
     vlm_spec: dict[str, Any] = field(default_factory=lambda: {"hf": DEFAULT_VLM})  # ViTL's params name it
     answer_by: str = ANSWER_BY_LIKELIHOOD  # how every method's final answer is read (nodes.video_qa)
+    option_queries: bool = True  # CLIP scores frames against the question with each option too (nodes.clip_prescan)
 
 
 @dataclass
@@ -320,7 +324,9 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
         prescan_s += scan.seconds if scan is not None else 0.0
         for item in case.questions:
             text_started = time.perf_counter()
-            scores = scan.embeddings @ embedder.embed_texts([item.question])[0] if scan is not None else None
+            options = item.options if settings.option_queries else []
+            queries = embedder.embed_texts(query_texts(item.question, options)) if scan is not None else None
+            scores = query_scores(scan.embeddings, queries) if scan is not None else None
             text_s = time.perf_counter() - text_started
             for (method, budget), kept in rows.items():
                 started = time.perf_counter()
@@ -433,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="take the option the VLM scores likeliest (as configs/video_qa_*.yaml do), or read every "
                              "method's answer from generated text")
     parser.add_argument("--prescan-fps", type=float, default=PRESCAN_FPS)
+    parser.add_argument("--question-only-query", action="store_true",
+                        help="CLIP scores frames against the question alone, not also with each option appended")
     parser.add_argument("--device", default="auto", help="torch device of both models")
     parser.add_argument("--rows", type=Path, default=None, help="also write every question's outcome here (JSON lines)")
     parser.add_argument("--no-progress", action="store_true")
@@ -451,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not methods:
         parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
     settings = Settings(budgets=budgets, methods=methods, prescan_fps=args.prescan_fps,
-                        vlm_spec={"hf": args.vlm, "device": args.device}, answer_by=args.answer_by)
+                        vlm_spec={"hf": args.vlm, "device": args.device}, answer_by=args.answer_by,
+                        option_queries=not args.question_only_query)
     started = time.monotonic()
 
     from nodes.clip.embedder import load_embedder
@@ -476,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rows.write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"per-question outcomes: {args.rows}")
     report.update(benchmark="frame_selection", quick=args.quick, clip=args.clip, vlm=args.vlm, seeds=seeds,
-                  skip_videos=args.skip_videos,
+                  skip_videos=args.skip_videos, option_queries=settings.option_queries,
                   video_seconds=seconds, budgets=list(budgets), prescan_fps=args.prescan_fps, answer_by=args.answer_by,
                   air_config={"candidates": settings.air.candidates, "i_max": settings.air.i_max,
                               "time_anchor_weight": settings.air.time_anchor_weight,

@@ -9,8 +9,9 @@ Three tasks, each an image-prompt-answer triple whose answer comes from the scri
   the frame's time in the video →
   "Score: <1-5>\\nReasoning: it shows <the shapes visible>." with the score from `relevance_scores`.
 - qa: a few frames in time order, laid out as a frame selector would give them (`QA_LAYOUTS`: one frame
-  in each evidence span and the rest outside; evenly spread over the video, as uniform sampling does; or
-  clustered in and around the spans, as A.I.R. and the oracle do), + the answering prompt
+  in each evidence span and the rest outside; evenly spread over the video, as uniform sampling does;
+  clustered in and around the spans, as the oracle does; or drawn by their relevance score, mostly
+  evidence and frames showing the key shapes elsewhere, as A.I.R.'s VLM-validated frames are), + the answering prompt
   (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop sends them) → the
   right option's text ("the red circle appeared"), or with `qa_target="letter"` its letter. The prompt
   asks for the letter, as real VLMs answer; the nodes read either (`parse_choice` with the option texts).
@@ -78,9 +79,14 @@ TIMESTAMPS_P = 0.5  # QA prompts that state the frames' times (Video-in-the-Loop
 IGNORE_INDEX = -100  # label of a token that is not part of an answer: no loss
 QA_TEXT, QA_LETTER = "text", "letter"  # what a QA example's answer is: the right option's text, or its letter
 QA_TARGETS = (QA_TEXT, QA_LETTER)
-QA_SPANS, QA_UNIFORM, QA_CLUSTERS = "spans", "uniform", "clusters"  # how a QA example's frames lie (qa_frame_layout)
-QA_LAYOUTS = (QA_SPANS, QA_UNIFORM, QA_CLUSTERS)
+QA_SPANS, QA_UNIFORM, QA_CLUSTERS, QA_RELEVANT = "spans", "uniform", "clusters", "relevant"  # see qa_frame_layout
+QA_LAYOUTS = (QA_SPANS, QA_UNIFORM, QA_CLUSTERS, QA_RELEVANT)
 CLUSTER_REACH_S = 5.0  # a cluster's frames lie in its span widened by up to this much either side
+#: relevant layout: the chance that a frame comes from the frames of each relevance score (renormalised over
+#: the scores the question's frames have). Near what A.I.R. hands the answering VLM on the benchmark: a third
+#: of its frames evidence on questions that name a moment, most others showing the key shapes elsewhere
+RELEVANT_LAYOUT_P = {SCORE_EVIDENCE: 0.3, SCORE_PARTIAL: 0.35, SCORE_CONTEXT: 0.15, SCORE_RELATED: 0.15,
+                     SCORE_IRRELEVANT: 0.05}
 SCENE_SECONDS = (60.0,)  # scene lengths, one drawn per seed (see ShapesTasks.duration_s)
 DURATION_STREAM = 11  # the seed's random stream that picks its scene length, apart from the script's
 LABEL = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
@@ -270,11 +276,31 @@ class ShapesTasks:
         picked.update(near[i] for i in rng.permutation(len(near))[: self.qa_frames - len(picked)])
         return sorted(picked)
 
+    def qa_relevant_indices(self, info: SceneInfo, question: Question, rng: np.random.Generator) -> list[int]:
+        """n distinct frames, each from the frames of one relevance score drawn by RELEVANT_LAYOUT_P: the
+        evidence mixed with frames that show the key shapes at other times, as a selector that judges
+        each frame's relevance (A.I.R.) gives them; sorted."""
+        scores = relevance_scores(info.scene, question, info.labels, info.visible)  # (F,)
+        present = np.array(sorted(RELEVANT_LAYOUT_P))
+        present = present[np.isin(present, scores)]
+        chance = np.array([RELEVANT_LAYOUT_P[int(score)] for score in present])
+        picked: set[int] = set()
+        while len(picked) < min(self.qa_frames, len(scores)):
+            score = present[rng.choice(len(present), p=chance / chance.sum())]
+            pool = [int(f) for f in np.flatnonzero(scores == score) if f not in picked]
+            if pool:
+                picked.add(pool[rng.integers(len(pool))])
+            else:  # every frame of this score is taken: draw among the other scores
+                keep = present != score
+                present, chance = present[keep], chance[keep]
+        return sorted(picked)
+
     def qa_frame_layout(self, info: SceneInfo, question: Question, rng: np.random.Generator) -> list[int]:
         """The frames of one QA example, in one of the task's layouts drawn at random."""
         makers = {QA_SPANS: lambda: self.qa_frame_indices(info, question, rng),
                   QA_UNIFORM: lambda: self.qa_uniform_indices(info, rng),
-                  QA_CLUSTERS: lambda: self.qa_cluster_indices(info, question, rng)}
+                  QA_CLUSTERS: lambda: self.qa_cluster_indices(info, question, rng),
+                  QA_RELEVANT: lambda: self.qa_relevant_indices(info, question, rng)}
         return makers[self.qa_layouts[rng.integers(len(self.qa_layouts))]]()
 
     def qa(self, rng: np.random.Generator) -> Example:

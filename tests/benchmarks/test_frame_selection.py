@@ -1,7 +1,7 @@
 """benchmarks/frame_selection.py at a tiny scale: the metric arithmetic on hand-made spans, and the
 benchmark's core on one tiny shapes-world video with a tiny random CLIP and a VLM double that sees
-which frames it was shown (it judges, grounds and answers right only from evidence frames). No
-timing is asserted."""
+which frames it was shown (it judges, grounds and answers right only from evidence frames); the CLIP
+query texts with and without the options. No timing is asserted."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ import torch
 from benchmarks import frame_selection as fs
 from nodes.air.config import AirConfig
 from nodes.clip.embedder import load_embedder
+from nodes.clip_prescan import query_scores, query_texts
 from tests.nodes.clip.tiny import CLIP_FPS, CLIP_SECONDS, build_tiny_clip, write_shapes_clip
 from tests.nodes.video_doubles import RuleVlm
 
@@ -196,3 +197,32 @@ def test_skipping_videos_takes_the_next_held_out_seeds(tmp_path: Path):
     first = fs.heldout_videos(tmp_path, 2, 1.0)
     assert list(first) == held_out[:2]
     assert first[held_out[1]] == later[held_out[1]]  # the video both runs name is reused
+
+
+def test_clip_scores_frames_against_the_question_with_each_option_unless_told_not_to(tmp_path: Path, tiny_clip):
+    video, _ = write_shapes_clip(tmp_path / "tiny.mp4")
+    frames = fs.MemoryFrames.decode(video)
+    options = ["red circle", "blue square", "green star", "cyan cross"]
+    item = fs.QaItem("first_of-0", "first_of", "Which of these happened first?", options, 1, [EVIDENCE])
+    asked: list[list[str]] = []
+
+    class RecordingClip:
+        def embed_images(self, images: np.ndarray) -> np.ndarray:
+            return tiny_clip.embed_images(images)
+
+        def embed_texts(self, texts: list[str]) -> np.ndarray:
+            asked.append(list(texts))
+            return tiny_clip.embed_texts(texts)
+
+    rows = {}
+    for option_queries in (True, False):
+        settings = fs.Settings(budgets=(3,), methods=(fs.CLIP_TOPK,), prescan_fps=5.0, option_queries=option_queries,
+                               vlm_spec={"hf": "tests/vlm-double"})
+        report = fs.run_benchmark([fs.VideoCase("tiny", frames, [item])], RecordingClip(), seeing_vlm(frames), settings)
+        rows[option_queries] = report["rows"][0]
+    assert asked == [query_texts(item.question, options), [item.question]]
+    texts = tiny_clip.embed_texts(asked[0])  # (5, D)
+    scan = fs.prescan(tiny_clip, frames, 5.0)
+    best = fs.topk_frames(scan.indices, query_scores(scan.embeddings, texts), 3)
+    assert rows[True]["n_frames"] == 3
+    assert rows[True]["recall"] == fs.evidence_recall(frames.times_s[best].tolist(), [EVIDENCE])

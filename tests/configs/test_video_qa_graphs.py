@@ -46,6 +46,7 @@ def test_a_set_without_a_node_reaches_every_node_with_that_param():
                     "report.video=v.mp4"]
     graph = load_graph(AIR_GRAPH, cli.graph_wide_sets(AIR_GRAPH, [f"options={OPTIONS}", f"question={QUESTION}"]))
     assert graph.nodes["air"].params.options == graph.nodes["qa"].params.options == OPTIONS.strip("[]").split(", ")
+    assert graph.nodes["prescan"].params.options == graph.nodes["qa"].params.options  # CLIP scores them too
     assert {graph.nodes[n].params.question for n in ("prescan", "air", "qa")} == {QUESTION}
     assert cli.graph_wide_sets(AIR_GRAPH, ["qa.n_samples=1"]) == ["qa.n_samples=1"]
     with pytest.raises(GraphError, match="no node has a param 'budgett'"):

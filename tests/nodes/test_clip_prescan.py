@@ -1,5 +1,5 @@
 """ClipPrescan on a tiny shapes-world clip with a tiny random CLIP: the scores are the cosine of each
-sampled frame to the question; a second question on the same video costs no CLIP pass; a damaged
+sampled frame to the question (with options: the best over the question alone and with each option); a second question on the same video costs no CLIP pass; a damaged
 cache entry is recomputed; another fps is another entry; frames from VideoIngest are scored in
 batches; a missing model or video is a clear error; a broken video is scored up to the break."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from nodes.clip.embedder import TorchClipEmbedder
 from nodes.clip.model import MissingModelError
 from nodes.clip.onnx_export import export_clip
-from nodes.clip_prescan import FLUSH_AFTER_S, ClipPrescan
+from nodes.clip_prescan import FLUSH_AFTER_S, ClipPrescan, query_scores, query_texts
 from nodes.video_decode import iter_frames
 from pipeline.graph import build_graph
 from pipeline.harness import NodeHarness, TimedInput
@@ -68,6 +68,28 @@ def test_scores_are_each_frames_cosine_to_the_question(model_dir: Path, video: P
     np.testing.assert_allclose(scores.scores, expected, atol=1e-5)
     assert counters["frames_embedded"] == len(indices) and counters["cache_misses"] == 1
     assert counters.get("cache_hits", 0) == 0
+
+
+def test_query_texts_and_each_frames_best_query() -> None:
+    assert query_texts("Which shape met the red circle?", ["blue square", "green star"]) == [
+        "Which shape met the red circle?", "Which shape met the red circle? blue square",
+        "Which shape met the red circle? green star"]
+    assert query_texts("a red circle") == ["a red circle"]
+    frames = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # (N, D)
+    queries = np.array([[1.0, 0.0], [0.8, 0.6]])  # (Q, D)
+    scores = query_scores(frames, queries)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, [1.0, 0.6, 0.96], atol=1e-6)  # max(1, .8); max(0, .6); max(.6, .96)
+
+
+def test_options_score_each_frame_by_its_best_query(model_dir: Path, video: Path) -> None:
+    options = ["blue square", "green star", "red circle", "yellow cross"]
+    out, _ = prescan({"video": str(video), "model": str(model_dir), "question": QUESTION, "options": options,
+                      "fps": 2.0, "cache_dir": None, "device": "cpu"})
+    per_text = np.stack([expected_scores(model_dir, video, text, 2.0)[1] for text in query_texts(QUESTION, options)])
+    np.testing.assert_allclose(out[0].scores, per_text.max(0), atol=1e-5)  # (Q, N) → (N,)
+    assert out[0].query == QUESTION
+    assert np.any(out[0].scores > per_text[0] + 1e-4), "no option query beat the question alone on any frame"
 
 
 def test_a_second_question_costs_no_clip_pass_and_a_damaged_entry_is_recomputed(

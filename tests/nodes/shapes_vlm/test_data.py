@@ -7,8 +7,8 @@ import pytest
 
 from nodes.air.analysis import parse_judgement
 from nodes.shapes_vlm.data import (CAPTION, CLUSTER_REACH_S, IGNORE_INDEX, QA, QA_CLUSTERS, QA_LAYOUTS, QA_LETTER,
-                                   QA_SPANS, QA_UNIFORM, RELEVANCE, Encoder, SceneInfo, ShapesTasks, describe,
-                                   relevance_scores)
+                                   QA_RELEVANT, QA_SPANS, QA_UNIFORM, RELEVANCE, RELEVANT_LAYOUT_P, Encoder, SceneInfo,
+                                   ShapesTasks, describe, relevance_scores)
 from nodes.shapes_vlm.model import build_tokenizer
 from nodes.video_qa import OPTION_LETTERS
 from nodes.vlm.parsing import parse_choice
@@ -121,13 +121,32 @@ def test_cluster_layout_sees_every_span_and_stays_near_the_spans() -> None:
         assert times_s.min() >= 5.0 - CLUSTER_REACH_S and times_s.max() <= 7.5 + CLUSTER_REACH_S
 
 
+def test_relevant_layout_draws_frames_by_their_relevance_score() -> None:
+    info = hand_made()
+    question = info.questions[0]  # every score 1-5 occurs among its frames
+    scores = relevance_scores(info.scene, question, info.labels, info.visible)
+    assert set(scores.tolist()) == set(RELEVANT_LAYOUT_P)
+    tasks = ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_frames=4)
+    drawn = []
+    for seed in range(300):
+        frames = tasks.qa_relevant_indices(info, question, np.random.default_rng(seed))
+        assert len(frames) == 4 and frames == sorted(frames) and len(set(frames)) == 4
+        drawn += scores[frames].tolist()
+    for score, chance in RELEVANT_LAYOUT_P.items():  # 1200 frames: each share within 0.04 of its chance
+        assert abs(drawn.count(score) / len(drawn) - chance) < 0.04, (score, drawn.count(score) / len(drawn))
+    most = ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_frames=90)  # of 100: scores run out, drop out of the draw
+    frames = most.qa_relevant_indices(info, question, np.random.default_rng(0))
+    assert len(set(frames)) == 90 and set(scores[frames].tolist()) == set(RELEVANT_LAYOUT_P)
+
+
 def test_qa_examples_draw_their_layout_from_the_given_ones() -> None:
     info = hand_made()
     question = info.questions[0]
     tasks = ShapesTasks(TRAIN, 1, frame_size=TINY_FRAME_PX, qa_frames=4, qa_layouts=QA_LAYOUTS)
     makers = {QA_SPANS: lambda rng: tasks.qa_frame_indices(info, question, rng),
               QA_UNIFORM: lambda rng: tasks.qa_uniform_indices(info, rng),
-              QA_CLUSTERS: lambda rng: tasks.qa_cluster_indices(info, question, rng)}
+              QA_CLUSTERS: lambda rng: tasks.qa_cluster_indices(info, question, rng),
+              QA_RELEVANT: lambda rng: tasks.qa_relevant_indices(info, question, rng)}
     drawn = set()
     for seed in range(20):
         replay = np.random.default_rng(seed)
