@@ -11,10 +11,11 @@ Three tasks, each an image-prompt-answer triple whose answer comes from the scri
 - qa: a few frames in time order, laid out as a frame selector would give them (`QA_LAYOUTS`: one frame
   in each evidence span and the rest outside; evenly spread over the video, as uniform sampling does;
   clustered in and around the spans, as the oracle does; or drawn by their relevance score, mostly
-  evidence and frames showing the key shapes elsewhere, as A.I.R.'s VLM-validated frames are), + the answering prompt
-  (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop sends them) → the
-  right option's text ("the red circle appeared"), or with `qa_target="letter"` its letter. The prompt
-  asks for the letter, as real VLMs answer; the nodes read either (`parse_choice` with the option texts).
+  evidence and frames showing the key shapes elsewhere, as A.I.R.'s VLM-validated frames are), + the
+  answering prompt (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop
+  sends them) → the right option's text ("the red circle appeared"), or with `qa_target="letter"` its
+  letter. The prompt asks for the letter, as real VLMs answer; the nodes read either (`parse_choice`
+  with the option texts).
   Letter targets left every model trained here at chance (held-out 0.28 after the H200 run): mapping a
   letter back to its option is an indirection a 4.5M-parameter LM did not learn, while naming what the
   frames show is the caption task it already does. 24 CPU minutes of text targets from the letter-trained
