@@ -1,7 +1,8 @@
 """ClipPrescan on a tiny shapes-world clip with a tiny random CLIP: the scores are the cosine of each
-sampled frame to the question (with options: the best over the question alone and with each option); a second question on the same video costs no CLIP pass; a damaged
-cache entry is recomputed; another fps is another entry; frames from VideoIngest are scored in
-batches; a missing model or video is a clear error; a broken video is scored up to the break."""
+sampled frame to the question (with options: the best over the question alone and with each option);
+a second question on the same video costs no CLIP pass; a damaged cache entry is recomputed; another
+fps is another entry; frames from VideoIngest are scored in batches; a missing model or video is a
+clear error; a broken video is scored up to the break."""
 from __future__ import annotations
 
 from pathlib import Path
