@@ -324,9 +324,10 @@ def run_benchmark(cases: list[VideoCase], embedder: ClipEmbedder, vlm: VlmAdapte
         prescan_s += scan.seconds if scan is not None else 0.0
         for item in case.questions:
             text_started = time.perf_counter()
-            options = item.options if settings.option_queries else []
-            queries = embedder.embed_texts(query_texts(item.question, options)) if scan is not None else None
-            scores = query_scores(scan.embeddings, queries) if scan is not None else None
+            scores = None
+            if scan is not None:
+                texts = query_texts(item.question, item.options if settings.option_queries else ())
+                scores = query_scores(scan.embeddings, embedder.embed_texts(texts))
             text_s = time.perf_counter() - text_started
             for (method, budget), kept in rows.items():
                 started = time.perf_counter()

@@ -15,11 +15,10 @@ Three tasks, each an image-prompt-answer triple whose answer comes from the scri
   answering prompt (`nodes.video_qa`, half the time with the frames' timestamps as Video-in-the-Loop
   sends them) → the right option's text ("the red circle appeared"), or with `qa_target="letter"` its
   letter. The prompt asks for the letter, as real VLMs answer; the nodes read either (`parse_choice`
-  with the option texts).
-  Letter targets left every model trained here at chance (held-out 0.28 after the H200 run): mapping a
-  letter back to its option is an indirection a 4.5M-parameter LM did not learn, while naming what the
-  frames show is the caption task it already does. 24 CPU minutes of text targets from the letter-trained
-  model reached 0.54 held-out (0.42 with blank frames).
+  with the option texts). Letter targets left every model trained here at chance (held-out 0.28 after
+  the H200 run): mapping a letter back to its option is an indirection a 4.5M-parameter LM did not
+  learn, while naming what the frames show is the caption task it already does. 24 CPU minutes of
+  text targets from the letter-trained model reached 0.54 held-out (0.42 with blank frames).
 
 The relevance rule, per frame of a question (K: the key shapes, the shapes named in the question and
 its right answer; for a colour answer, which names no shape, the shape of that colour that appeared
